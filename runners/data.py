@@ -1,0 +1,208 @@
+"""Benchmark images: which files, in which order, and how they become tensors.
+
+This reproduces the reference's data paths so that the same command picks the
+same images and prepares them identically (checked against
+../shared/fixtures/preprocess_metrics.pt):
+
+- `--path_y NAME` is the folder `<exp>/datasets/NAME`, or NAME itself when that
+  does not exist; images are found recursively.
+- ImageNet configs with `data.subset_1k: true` read the list file
+  `imagenet_val_1k.txt` (from `<exp>/` as the reference lays it out, else from
+  the dataset folder): it chooses and orders the images. Preprocessing: centre
+  crop of the long edge to a square, torchvision `Resize(size)` on the PIL image.
+- ImageNet without `subset_1k`: guided-diffusion's `center_crop_arr`.
+- Every other dataset (CelebA-HQ, ...): torchvision `Resize([size, size])`.
+- CelebA-HQ / FFHQ folders are ordered as the reference's ImageFolder +
+  `np.random.seed(2019)` shuffle orders them, so `--subset_start/--subset_end`
+  select the same images as the reference does.
+- Every image is converted to RGB (grey, palette, RGBA inputs work).
+
+Each image keeps its index in that full order; the runner derives the image's
+random seed from it, so a subset run and a full run agree image by image.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LIST_FILE = "imagenet_val_1k.txt"
+PREPROCESS_MODES = ("resize_square", "crop_long_edge", "center_crop_arr")
+
+
+class DatasetError(ValueError):
+    """A dataset problem the user must fix (missing folder, unreadable image, ...)."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    index: int      # position in the dataset's full order (seeds derive from it)
+    name: str       # output file stem, unique within the dataset
+    path: Path
+    label: int = -1  # ImageNet class from the list file, -1 when unknown
+
+
+def resolve_root(path_y: str, exp: str) -> Path:
+    """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path."""
+    candidates = [Path(exp) / "datasets" / path_y, Path(path_y)]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    for c in candidates:
+        if c.exists():
+            raise DatasetError(f"dataset path {c} is not a folder")
+    raise DatasetError(f"dataset folder not found: --path_y {path_y} (looked for {candidates[0]} and {candidates[1]})")
+
+
+def _cfg_data(config) -> dict:
+    return dict(config.get("data", {})) if isinstance(config, dict) else {}
+
+
+def preprocess_mode(config) -> str:
+    data = _cfg_data(config)
+    if str(data.get("dataset", "")).lower() == "imagenet":
+        return "crop_long_edge" if data.get("subset_1k", False) else "center_crop_arr"
+    return "resize_square"
+
+
+def find_list_file(config, exp: str, root: Path) -> Optional[Path]:
+    """The ImageNet subset_1k list file, if the config asks for one and it exists."""
+    data = _cfg_data(config)
+    if str(data.get("dataset", "")).lower() != "imagenet" or not data.get("subset_1k", False):
+        return None
+    for candidate in (Path(exp) / LIST_FILE, root / LIST_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _scan(root: Path) -> List[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.lower().endswith(IMG_EXTENSIONS):
+                found.append(Path(dirpath) / f)
+    return found
+
+
+def _names(paths: Sequence[Path], root: Path) -> List[str]:
+    """File stems when they are unique, else the relative path with '/' as '__'."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [str(p.relative_to(root).with_suffix("")).replace(os.sep, "__") for p in paths]
+
+
+def reference_shuffle(n: int) -> List[int]:
+    """The permutation the reference applies to CelebA-HQ folders (np.random.seed(2019))."""
+    indices = list(range(n))
+    np.random.RandomState(2019).shuffle(indices)
+    return indices
+
+
+def list_images(root: Path, list_file: Optional[Path] = None, shuffle_like_reference: bool = False) -> List[ImageItem]:
+    """All images of the dataset in the reference's order (no subset applied)."""
+    files = _scan(root)
+    labels = [-1] * len(files)
+    if list_file is not None:
+        by_rel = {str(p.relative_to(root)).replace(os.sep, "/"): p for p in files}
+        by_base = {}
+        for p in files:
+            by_base.setdefault(p.name, []).append(p)
+        chosen, labels = [], []
+        for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            entry = parts[0]
+            path = by_rel.get(entry)
+            if path is None:
+                matches = by_base.get(Path(entry).name, [])
+                if len(matches) != 1:
+                    what = "is missing" if not matches else "is ambiguous"
+                    raise DatasetError(f"image {entry} (line {lineno} of {list_file}) {what} under {root}")
+                path = matches[0]
+            chosen.append(path)
+            labels.append(int(parts[1]) if len(parts) > 1 and parts[1].lstrip("-").isdigit() else -1)
+        files = chosen
+    elif shuffle_like_reference:
+        order = reference_shuffle(len(files))
+        files = [files[i] for i in order]
+    if not files:
+        raise DatasetError(f"no images found in {root} (looked for {', '.join(IMG_EXTENSIONS)})")
+    names = _names(files, root)
+    return [ImageItem(i, n, p, lab) for i, (n, p, lab) in enumerate(zip(names, files, labels))]
+
+
+def select_subset(items: List[ImageItem], start: int = -1, end: int = -1) -> List[ImageItem]:
+    """The reference's `--subset_start/--subset_end` (half-open; -1 means unset)."""
+    n = len(items)
+    lo = 0 if start is None or start < 0 else start
+    hi = n if end is None or end < 0 else end
+    if lo >= n or hi > n or hi <= lo:
+        raise DatasetError(f"--subset_start {start} / --subset_end {end} select nothing from {n} images "
+                           f"(need 0 <= start < end <= {n})")
+    return items[lo:hi]
+
+
+def build_dataset(path_y: str, exp: str, config, subset_start: int = -1, subset_end: int = -1) -> List[ImageItem]:
+    root = resolve_root(path_y, exp)
+    list_file = find_list_file(config, exp, root)
+    dataset = str(_cfg_data(config).get("dataset", ""))
+    items = list_images(root, list_file, shuffle_like_reference=dataset in ("CelebA_HQ", "FFHQ"))
+    return select_subset(items, subset_start, subset_end)
+
+
+def _center_crop_arr(img: Image.Image, size: int) -> Image.Image:
+    """guided-diffusion's centre crop: box-halve, bicubic resize of the short side, crop."""
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess(img: Image.Image, size: int, mode: str) -> torch.Tensor:
+    """PIL image -> (3, size, size) float tensor in [0, 1]."""
+    import torchvision.transforms.functional as TF
+
+    img = img.convert("RGB")
+    if mode == "resize_square":
+        img = TF.resize(img, [size, size])
+    elif mode == "crop_long_edge":
+        img = TF.resize(TF.center_crop(img, min(img.size)), size)
+    elif mode == "center_crop_arr":
+        img = _center_crop_arr(img, size)
+    else:
+        raise ValueError(f"preprocess mode '{mode}' is unknown; choose one of: {', '.join(PREPROCESS_MODES)}")
+    return TF.to_tensor(img)
+
+
+def load_image(item: ImageItem, size: int, mode: str) -> torch.Tensor:
+    try:
+        with Image.open(item.path) as img:
+            img.load()
+            return preprocess(img, size, mode)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def verify_images(items: Sequence[ImageItem]) -> None:
+    """Fail early, naming the file, on images PIL cannot identify."""
+    for item in items:
+        try:
+            with Image.open(item.path) as img:
+                img.verify()
+        except Exception as exc:
+            raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def load_batch(items: Sequence[ImageItem], size: int, mode: str) -> torch.Tensor:
+    """(B, 3, size, size) in [0, 1] on the CPU."""
+    return torch.stack([load_image(it, size, mode) for it in items])

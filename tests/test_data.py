@@ -1,0 +1,144 @@
+"""runners/data.py: the reference's image choice, order and preprocessing."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from runners import data
+from tests.shared import fixture, shared_path
+
+IMAGENET_CFG = {"data": {"dataset": "ImageNet", "image_size": 256, "subset_1k": True}}
+CELEBA_CFG = {"data": {"dataset": "CelebA_HQ", "image_size": 256}}
+
+
+def _uint8(x):
+    return torch.round(255 * x).to(torch.int16)
+
+
+def test_imagenet_subset_1k_matches_reference():
+    ref = fixture("preprocess_metrics.pt")
+    root = shared_path("data", "imagenet")
+    items = data.build_dataset(str(root), "/nonexistent-exp", IMAGENET_CFG)
+    # the list file chooses and orders the images
+    assert [it.path.name for it in items] == ref["imagenet_names"]
+    assert items[0].label == 0 and items[1].label == 1
+    assert data.preprocess_mode(IMAGENET_CFG) == "crop_long_edge"
+    x = data.load_batch(items, 256, "crop_long_edge")
+    diff = (_uint8(x) - ref["imagenet_uint8"].to(torch.int16)).abs().max().item()
+    assert diff <= 1, diff
+
+
+def test_celeba_matches_reference():
+    ref = fixture("preprocess_metrics.pt")
+    root = shared_path("data", "celeba_hq")
+    items = data.list_images(root)  # sorted order, as the fixture lists them
+    assert [it.path.name for it in items] == ref["celeba_names"]
+    assert data.preprocess_mode(CELEBA_CFG) == "resize_square"
+    x = data.load_batch(items, 256, "resize_square")
+    diff = (_uint8(x) - ref["celeba_uint8"].to(torch.int16)).abs().max().item()
+    assert diff <= 1, diff
+
+
+def test_celeba_order_is_the_reference_shuffle():
+    root = shared_path("data", "celeba_hq")
+    items = data.build_dataset(str(root), "/nonexistent-exp", CELEBA_CFG)
+    names = sorted(p.name for p in root.iterdir())
+    # the reference: indices = list(range(n)); np.random.seed(2019); np.random.shuffle(indices)
+    state = np.random.get_state()
+    np.random.seed(2019)
+    idx = list(range(len(names)))
+    np.random.shuffle(idx)
+    np.random.set_state(state)
+    assert [it.path.name for it in items] == [names[i] for i in idx]
+    assert [it.index for it in items] == list(range(len(names)))
+    assert idx != sorted(idx)
+
+
+def _write(path, size=(40, 30), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return img
+
+
+def test_non_rgb_images_are_converted(tmp_path):
+    _write(tmp_path / "g.png", mode="L")
+    _write(tmp_path / "p.png", mode="P")
+    _write(tmp_path / "a.png", mode="RGBA")
+    items = data.list_images(tmp_path)
+    x = data.load_batch(items, 16, "resize_square")
+    assert x.shape == (3, 3, 16, 16)
+    g = x[[it.name for it in items].index("g")]
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+
+
+def test_crop_long_edge_and_center_crop_arr_are_square(tmp_path):
+    img = _write(tmp_path / "wide.png", size=(90, 40))
+    a = data.preprocess(img, 32, "crop_long_edge")
+    b = data.preprocess(img, 32, "center_crop_arr")
+    assert a.shape == b.shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="crop_long_edge"):
+        data.preprocess(img, 32, "bogus")
+
+
+def test_recursive_search_and_unique_names(tmp_path):
+    _write(tmp_path / "a" / "x.png")
+    _write(tmp_path / "b" / "x.png", seed=1)
+    _write(tmp_path / "b" / "y.jpg", seed=2)
+    (tmp_path / "notes.txt").write_text("not an image")
+    items = data.list_images(tmp_path)
+    assert [it.name for it in items] == ["a__x", "b__x", "b__y"]
+    _write(tmp_path / "c" / "z.png")
+    assert [it.name for it in data.list_images(tmp_path / "b")] == ["x", "y"]
+
+
+def test_resolve_root_prefers_exp_datasets(tmp_path):
+    _write(tmp_path / "exp" / "datasets" / "faces" / "f.png")
+    assert data.resolve_root("faces", str(tmp_path / "exp")) == tmp_path / "exp" / "datasets" / "faces"
+    assert data.resolve_root(str(tmp_path / "exp" / "datasets" / "faces"), "/nope") == tmp_path / "exp" / "datasets" / "faces"
+    with pytest.raises(data.DatasetError, match="not found"):
+        data.resolve_root("missing", str(tmp_path / "exp"))
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DatasetError, match="no images"):
+        data.build_dataset(str(tmp_path / "empty"), str(tmp_path), CELEBA_CFG)
+
+
+def test_list_file_from_exp_and_missing_entry(tmp_path):
+    exp = tmp_path / "exp"
+    root = exp / "datasets" / "imagenet"
+    _write(root / "imagenet" / "b.JPEG")
+    _write(root / "imagenet" / "a.JPEG", seed=3)
+    (exp / "imagenet_val_1k.txt").write_text("b.JPEG 7\na.JPEG 3\n")
+    cfg = {"data": {"dataset": "ImageNet", "subset_1k": True}}
+    items = data.build_dataset("imagenet", str(exp), cfg)
+    assert [(it.name, it.label) for it in items] == [("b", 7), ("a", 3)]
+    (exp / "imagenet_val_1k.txt").write_text("b.JPEG 7\nc.JPEG 3\n")
+    with pytest.raises(data.DatasetError, match="c.JPEG.*line 2.*missing"):
+        data.build_dataset("imagenet", str(exp), cfg)
+
+
+def test_subset_selection():
+    items = [data.ImageItem(i, str(i), None) for i in range(5)]
+    assert [it.index for it in data.select_subset(items, 1, 3)] == [1, 2]
+    assert [it.index for it in data.select_subset(items, -1, -1)] == list(range(5))
+    assert [it.index for it in data.select_subset(items, 2, -1)] == [2, 3, 4]
+    for bad in [(3, 3), (0, 9), (7, -1)]:
+        with pytest.raises(data.DatasetError, match="subset"):
+            data.select_subset(items, *bad)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    _write(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    items = data.list_images(tmp_path)
+    with pytest.raises(data.DatasetError, match="bad.png"):
+        data.verify_images(items)
+    with pytest.raises(data.DatasetError, match="bad.png"):
+        data.load_batch(items, 16, "resize_square")
