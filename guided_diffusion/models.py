@@ -1,0 +1,122 @@
+"""Config -> network, and the eps(x_t, t) view of a network that samplers use.
+
+`build_model` picks the architecture from `model.type` ("simple": SimpleUNet, the
+CelebA-HQ family; "openai": guided-diffusion's UNetModel, the ImageNet family).
+`EpsModel` hides what differs between them: the learned-variance channels, class
+labels, and the precision the network runs in. It always returns float32 eps.
+"""
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import yaml
+from torch import nn
+
+from guided_diffusion._config import cfg_get, cfg_section
+from guided_diffusion.openai_unet import UNetModel, unet_from_config
+from guided_diffusion.simple_unet import SimpleUNet
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+MODEL_TYPES = ("simple", "bayesian", "openai")
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def load_config(name_or_path: Union[str, Path]) -> dict:
+    """Read a YAML config given as a path or as a file name in configs/ (".yml" optional)."""
+    path = Path(name_or_path)
+    candidates = [path] if path.exists() else [CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            with open(candidate, "r", encoding="utf-8") as f:
+                config = yaml.safe_load(f)
+            if not isinstance(config, dict):
+                raise ValueError(f"config {candidate} must be a YAML mapping, got {type(config).__name__}")
+            return config
+    available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yml")))
+    raise FileNotFoundError(f"config {str(name_or_path)!r} not found as a path or in {CONFIG_DIR} "
+                            f"(available: {available})")
+
+
+def build_model(config: Any, device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """The float32 network described by `config` (dict or namespace), with freshly initialised weights.
+
+    `device="meta"` builds shapes only (fast; for checking layouts).
+    """
+    model_type = cfg_get(cfg_section(config, "model"), "type", "simple")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model.type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    with torch.device(device if device is not None else "cpu"):
+        if model_type == "openai":
+            return unet_from_config(cfg_section(config, "model"))
+        return SimpleUNet(config)
+
+
+def _as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype must be None (from the config) or one of {', '.join(_DTYPES)}, got {dtype!r}")
+
+
+class EpsModel(nn.Module):
+    """eps_model(x, t, y=None) -> (B, C, H, W) float32 noise prediction.
+
+    - learn_sigma models: keeps the first `out_channels` (eps) channels, drops the variance ones;
+    - class_cond models: `y` (B,) labels are required; unconditional models refuse them;
+    - dtype: None follows the config (float16 body on CUDA when `use_fp16: true`, else float32);
+      "fp16"/"bf16" force it. guided-diffusion's UNet gets its body convolutions converted
+      (the reference's use_fp16); the simple UNet runs under torch.autocast.
+    """
+
+    def __init__(self, model: nn.Module, config: Any, dtype: Union[None, str, torch.dtype] = None):
+        super().__init__()
+        m = cfg_section(config, "model")
+        self.model = model
+        self.requested_dtype = _as_dtype(dtype)
+        self.learn_sigma = bool(cfg_get(m, "learn_sigma", False))
+        self.class_cond = bool(cfg_get(m, "class_cond", False))
+        self.use_fp16 = bool(cfg_get(m, "use_fp16", False))
+        self.eps_channels = int(cfg_get(m, "out_channels", cfg_get(m, "out_ch", 3)))
+        if self.requested_dtype is not None:
+            self._prepare_body(self.requested_dtype)
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The precision used on `device`."""
+        if self.requested_dtype is not None:
+            return self.requested_dtype
+        return torch.float16 if self.use_fp16 and device.type == "cuda" else torch.float32
+
+    def _prepare_body(self, dtype: torch.dtype) -> None:
+        # Converting is one-way (float32 -> half loses bits), so only ever convert a float32 body.
+        if isinstance(self.model, UNetModel) and self.model.body_dtype == torch.float32 and dtype != torch.float32:
+            self.model.convert_body(dtype)
+
+    def forward(self, x: torch.Tensor, t: Union[int, float, torch.Tensor],
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.class_cond and y is None:
+            raise ValueError("this model is class-conditional: pass labels y of shape (B,)")
+        if not self.class_cond and y is not None:
+            raise ValueError("this model is unconditional: y (class labels) must be None")
+        x = x.float()
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        dtype = self.compute_dtype(x.device)
+        if isinstance(self.model, UNetModel):
+            self._prepare_body(dtype)
+            out = self.model(x, t, y.to(x.device) if y is not None else None)
+        elif dtype == torch.float32:
+            out = self.model(x, t)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                out = self.model(x, t)
+        out = out.float()
+        if self.learn_sigma:
+            out = out[:, : self.eps_channels]
+        return out
