@@ -1,0 +1,184 @@
+"""Checkpoint paths, download (served from 127.0.0.1), validation and strict loading."""
+import http.server
+import io
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from guided_diffusion.checkpoints import (CheckpointError, default_checkpoint_path, load_weights,
+                                          resolve_checkpoint, validate_checkpoint)
+from guided_diffusion.models import build_model, load_config
+
+TINY = {"model": {"type": "simple", "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2],
+                  "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0, "resamp_with_conv": True,
+                  "checkpoint": "logs/tiny/tiny.ckpt"},
+        "data": {"image_size": 16}}
+OTHER = {"model": {**TINY["model"], "ch_mult": [1, 1]}, "data": {"image_size": 16}}
+
+
+def _bytes_of(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _tiny_state(seed=0):
+    torch.manual_seed(seed)
+    return build_model(TINY).state_dict()
+
+
+HTML = b"<!DOCTYPE html><html><body>Access denied</body></html>"
+S3_DENIED = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code></Error>'
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A local HTTP server; ROUTES[path] = (status, content_type, body, declared_length or None)."""
+    good = _bytes_of(_tiny_state())
+    routes = {
+        "/good.ckpt": (200, "application/octet-stream", good, None),
+        "/page.html": (200, "text/html", HTML, None),
+        "/disguised.ckpt": (200, "application/octet-stream", HTML, None),
+        "/denied.ckpt": (403, "application/xml", S3_DENIED, None),
+        "/truncated.ckpt": (200, "application/octet-stream", good[: len(good) // 2], None),
+        "/dropped.ckpt": (200, "application/octet-stream", good[: len(good) // 2], len(good)),
+        "/wrong.ckpt": (200, "application/octet-stream", _bytes_of(build_model(OTHER).state_dict()), None),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            if self.path not in routes:
+                self.send_error(404, "Not Found")
+                return
+            status, ctype, body, declared = routes[self.path]
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(declared if declared is not None else len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            if declared is not None:
+                self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", good
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _files(root: Path):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_default_path_follows_config(tmp_path):
+    assert default_checkpoint_path(load_config("celeba_hq"), tmp_path) == tmp_path / "logs/celeba/celeba_hq.ckpt"
+    assert (default_checkpoint_path(load_config("imagenet_256"), "exp")
+            == Path("exp/logs/imagenet/256x256_diffusion_uncond.pt"))
+
+
+def test_good_download_lands_and_loads(server, tmp_path):
+    base, good = server
+    path = resolve_checkpoint(TINY, exp=tmp_path, urls=[base + "/good.ckpt"], progress=False)
+    assert path == tmp_path / "logs/tiny/tiny.ckpt"
+    assert path.read_bytes() == good
+    assert _files(tmp_path) == ["logs/tiny/tiny.ckpt"]
+    model = load_weights(build_model(TINY), path)
+    ref = _tiny_state()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    # A second call finds the file and does not download (the URL would fail now).
+    assert resolve_checkpoint(TINY, exp=tmp_path, urls=[base + "/missing"], progress=False) == path
+
+
+@pytest.mark.parametrize("route,message", [
+    ("/page.html", "web page"),
+    ("/disguised.ckpt", "HTML/XML page"),
+    ("/denied.ckpt", "HTTP 403"),
+    ("/truncated.ckpt", "not a readable PyTorch checkpoint, truncated"),
+    ("/dropped.ckpt", "incomplete|interrupted"),
+    ("/wrong.ckpt", "does not match the model"),
+    ("/missing.ckpt", "HTTP 404"),
+])
+def test_bad_downloads_are_rejected_without_leftovers(server, tmp_path, route, message):
+    base, _ = server
+    with pytest.raises(CheckpointError, match=message) as info:
+        resolve_checkpoint(TINY, exp=tmp_path, urls=[base + route], progress=False)
+    text = str(info.value)
+    assert "\n" not in text
+    assert str(tmp_path / "logs/tiny/tiny.ckpt") in text  # where to put it
+    assert _files(tmp_path) == []  # no partial or temporary file left behind
+
+
+def test_falls_back_to_next_url(server, tmp_path):
+    base, good = server
+    path = resolve_checkpoint(TINY, exp=tmp_path, urls=[base + "/missing", base + "/page.html", base + "/good.ckpt"],
+                              progress=False)
+    assert path.read_bytes() == good and _files(tmp_path) == ["logs/tiny/tiny.ckpt"]
+
+
+def test_offline_gives_one_line_with_source_and_destination(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    config = load_config("celeba_hq")
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(config, exp=tmp_path, urls=[f"http://127.0.0.1:{port}/celeba_hq.ckpt"],
+                           progress=False, timeout=5)
+    text = str(info.value)
+    assert "\n" not in text and "cannot connect" in text
+    assert "drive.google.com/file/d/1wSoA5fm_d6JBZk4RZ1SzWLMgev4WqH21" in text
+    assert str(tmp_path / "logs/celeba/celeba_hq.ckpt") in text
+    assert _files(tmp_path) == []
+
+
+def test_missing_without_download_says_where_to_get_it(tmp_path):
+    with pytest.raises(CheckpointError, match="downloading is disabled") as info:
+        resolve_checkpoint(load_config("imagenet_256"), exp=tmp_path, download=False)
+    assert "openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt" in str(info.value)
+
+
+def test_existing_error_page_is_refused(tmp_path):
+    # What the reference left behind: an access-denied page saved as the checkpoint.
+    path = tmp_path / "logs/celeba/celeba_hq.ckpt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(S3_DENIED)
+    with pytest.raises(CheckpointError, match="HTML/XML page.*delete it"):
+        resolve_checkpoint(load_config("celeba_hq"), exp=tmp_path, download=True)
+
+
+def test_override_must_exist(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(TINY, exp=tmp_path, override=tmp_path / "nope.ckpt")
+    path = tmp_path / "mine.ckpt"
+    torch.save(_tiny_state(), path)
+    assert resolve_checkpoint(TINY, exp=tmp_path, override=path) == path
+
+
+def test_load_weights_lists_first_differences(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save(build_model(OTHER).state_dict(), path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(build_model(TINY), path)
+    text = str(info.value)
+    assert "\n" not in text and "does not match the model" in text
+    assert "shape (file vs model)" in text and "(32, 32, 3, 3) vs (64, 32, 3, 3)" in text
+
+
+def test_load_weights_accepts_dataparallel_prefix_and_rejects_pickles(tmp_path):
+    state = _tiny_state(seed=1)
+    path = tmp_path / "dp.ckpt"
+    torch.save({"module." + k: v for k, v in state.items()}, path)
+    model = load_weights(build_model(TINY), path)
+    assert torch.equal(model.conv_in.weight, state["conv_in.weight"])
+    # weights_only=True refuses arbitrary pickled objects.
+    bad = tmp_path / "pickle.ckpt"
+    torch.save({"conv_in.weight": state["conv_in.weight"], "obj": Path("x")}, bad)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        validate_checkpoint(bad)
