@@ -90,6 +90,10 @@ def _quiet():
             yield
 
 
+# weights that could not be fetched in this process: not retried (a retry costs seconds offline)
+_UNAVAILABLE: Dict[str, str] = {}
+
+
 def build_lpips_net(net: str, device, random_backbone: bool = False):
     """An `lpips.LPIPS` module in eval mode (raises if its weights cannot be fetched).
 
@@ -100,8 +104,15 @@ def build_lpips_net(net: str, device, random_backbone: bool = False):
         raise ValueError(f"lpips net '{net}' is unknown; choose one of: {', '.join(LPIPS_NETS)}")
     import lpips
 
-    with _quiet():
-        module = lpips.LPIPS(net=net, version="0.1", pnet_rand=random_backbone, verbose=False)
+    if not random_backbone and net in _UNAVAILABLE:
+        raise OSError(_UNAVAILABLE[net])
+    try:
+        with _quiet():
+            module = lpips.LPIPS(net=net, version="0.1", pnet_rand=random_backbone, verbose=False)
+    except Exception as exc:
+        if not random_backbone:
+            _UNAVAILABLE[net] = _short(exc)
+        raise
     return module.to(device).eval().requires_grad_(False)
 
 
@@ -158,9 +169,12 @@ def fid_from_files(files_a: Sequence[str], files_b: Sequence[str], device,
         from pytorch_fid.fid_score import calculate_activation_statistics, calculate_frechet_distance
         from pytorch_fid.inception import InceptionV3
 
+        if "fid" in _UNAVAILABLE:
+            raise OSError(_UNAVAILABLE["fid"])
         with _quiet():
             model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
     except Exception as exc:
+        _UNAVAILABLE["fid"] = _short(exc)
         warn(f"warning: FID Inception weights unavailable ({_short(exc)}); fid is null")
         return None
     with _quiet():

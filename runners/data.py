@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from runners.errors import InputError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 LIST_FILE = "imagenet_val_1k.txt"
 PREPROCESS_MODES = ("resize_square", "crop_long_edge", "center_crop_arr")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset problem the user must fix (missing folder, unreadable image, ...)."""
 
 

@@ -1,0 +1,497 @@
+"""One restoration run: flags -> plan -> images -> y -> sampler -> saved images + metrics -> results.
+
+The runner does no mathematics: operators, samplers and metrics come from
+`functions/`, networks from `guided_diffusion/`, data and bookkeeping from the
+sibling modules. Two phases:
+
+1. `make_plan` checks every input and builds the operator, without writing
+   anything or loading the network; a bad flag, dataset, mask or output path
+   fails here with one line, before any earlier result could be touched.
+2. `execute` loads the network only if images remain, then works through them
+   in batches. Each finished image leaves its images and a small record;
+   results.json / results.txt / grid.png are rebuilt from all records at the end.
+
+Randomness is per image and independent of batching: image i (its index in the
+dataset's full order) samples with seed `seed*100003 + i` (x_T and every
+sampler draw) and draws its measurement noise from a CPU generator seeded with
+`seed*100003 + i + 2**32`, so a subset, a resumed run, or a different batch
+size gives the same result for that image (on the same device type).
+"""
+import hashlib
+import json
+import logging
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from functions import metrics
+from runners import data
+from runners.errors import InputError
+from functions.noise import seed_for
+from runners.results import (OutputFolder, atomic_write_json, atomic_write_text, read_json, results_txt, save_image,
+                             settings_diff, summarize)
+
+LOG = logging.getLogger("equs")
+NOISE_Y_SEED_OFFSET = 2 ** 32
+GRID_ROWS = 8
+SAMPLE_FOLDER = "image_samples"
+
+
+@dataclass
+class Plan:
+    args: object
+    argv: List[str]
+    config: dict
+    device: torch.device
+    items: List[data.ImageItem]
+    image_size: int
+    channels: int
+    preprocess: str
+    op: object
+    sampler_cfg: object
+    out: OutputFolder
+    settings: Dict
+    fingerprint: str
+    batch_size: int
+    notes: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- phase 1: plan
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name} requested but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"--device {name} requested but MPS is not available here")
+    return device
+
+
+def _check_flags(args) -> None:
+    if args.sigma_y < 0:
+        raise InputError(f"--sigma_y must be >= 0 (got {args.sigma_y}); it is the noise std in [0, 1] image units")
+    if not 0.0 <= args.eta <= 1.0:
+        raise InputError(f"--eta must be in [0, 1] (got {args.eta})")
+    if not 0.0 <= args.etaB <= 1.0:
+        raise InputError(f"--etaB must be in [0, 1] (got {args.etaB})")
+    if args.noise_type != "gaussian":
+        raise InputError(f"--noise_type {args.noise_type} is not supported; only gaussian is")
+    if args.EquS and args.EquSplus:
+        raise InputError("--EquS and --EquSplus are exclusive; choose one")
+    if args.simplified:
+        raise InputError("--simplified (the reference's SVD-free DDNM) is not supported; drop the flag")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0 (got {args.seed})")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch_size must be >= 1 (got {args.batch_size})")
+    if args.timesteps is not None and args.steps is not None and args.timesteps != args.steps:
+        raise InputError(f"--timesteps {args.timesteps} and --steps {args.steps} disagree; give one")
+    if args.deg_scale is not None and args.deg_scale != args.deg_scale:
+        raise InputError("--deg_scale must be a number (got nan)")
+
+
+MASK_SPECS = ("random:", "box:")
+
+
+def _mask_side(path: Path):
+    """(H, W) of a mask file without resizing it."""
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read mask {path}: {str(exc).splitlines()[0]}") from None
+        return tuple(shape[-2:]) if len(shape) >= 2 else None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except OSError as exc:
+        raise InputError(f"cannot read mask {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _mask_source(args, image_size: int):
+    """The inpainting mask the operator gets: a checked file path, a 'random:R'/'box:R' spec, or None.
+
+    A mask file must be square with a side equal to the image size or an integer
+    multiple of it (it is then subsampled, as the reference's 256x256 mask.npy
+    taken every 4th pixel gives the 64x64 fixture mask); anything else is refused.
+    """
+    if args.mask is not None and args.mask.startswith(MASK_SPECS):
+        return args.mask
+    if args.mask is not None:
+        path = Path(args.mask)
+        if not path.is_file():
+            raise InputError(f"--mask file not found: {args.mask}")
+    elif args.deg == "inpainting" and (Path(args.exp) / "inp_masks" / "mask.npy").is_file():
+        path = Path(args.exp) / "inp_masks" / "mask.npy"  # where the reference reads it
+    else:
+        return None
+    side = _mask_side(path)
+    if side is None or side[0] != side[1] or side[0] % image_size:
+        shown = "x".join(map(str, side)) if side else "not 2-D"
+        raise InputError(f"mask {path} is {shown} but the model works at {image_size}x{image_size}; "
+                         f"give a square mask of side {image_size} (or a multiple of it)")
+    return str(path)
+
+
+def _file_digest(path) -> Optional[str]:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _check_output_path(root: Path) -> None:
+    """The output folder, or its first existing ancestor, must be a folder."""
+    probe = root
+    while not probe.exists():
+        if probe.parent == probe:
+            return
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"output path {probe} is a file, not a folder; choose another --exp or -i")
+
+
+def _sampler_config(args, config):
+    from functions.samplers import SamplerConfig
+
+    travel = config.get("time_travel", {}) or {}
+    steps = args.steps if args.steps is not None else args.timesteps
+    if steps is None:
+        steps = int(travel.get("T_sampling", 100))
+    if steps < 1:
+        raise InputError(f"--steps must be >= 1 (got {steps})")
+    equs = args.equs_mode or ("alternate" if (args.EquS or args.EquSplus) else None)
+    schedule = args.schedule or ("tas" if args.EquSplus else "uniform")
+    cfg = SamplerConfig(
+        sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
+        schedule=schedule, travel_length=int(travel.get("travel_length", 1)),
+        travel_repeat=int(travel.get("travel_repeat", 1)), equs=equs, transform=args.transform,
+        eps_mapping=args.eps_mapping,
+    )
+    # build the schedule and the denoiser wrapper once now, so a bad value fails before anything is written
+    from functions.diffusion import make_betas
+    from functions.equivariance import make_denoiser
+    from functions.schedules import build_schedule
+
+    num_timesteps = make_betas(config.get("diffusion", {})).numel()
+    if cfg.steps > num_timesteps:
+        raise InputError(f"--steps {cfg.steps} exceeds the {num_timesteps} diffusion timesteps of the config")
+    build_schedule(cfg.steps, cfg.schedule, num_timesteps, cfg.travel_length, cfg.travel_repeat)
+    make_denoiser(lambda x, t: x, cfg.equs, cfg.transform, cfg.eps_mapping)
+    return cfg
+
+
+def make_plan(args, argv: List[str]) -> Plan:
+    """Check every input and build the operator; writes nothing, loads no network."""
+    from guided_diffusion.models import load_config
+
+    _check_flags(args)
+    config = load_config(args.config)
+    data_cfg = config.get("data", {}) or {}
+    image_size, channels = int(data_cfg.get("image_size", 256)), int(data_cfg.get("channels", 3))
+    device = resolve_device(args.device)
+    sampler_cfg = _sampler_config(args, config)
+
+    items = data.build_dataset(args.path_y, args.exp, config, args.subset_start, args.subset_end)
+    data.verify_images(items)
+
+    from functions.operators import build_operator
+
+    mask = _mask_source(args, image_size)
+    op = build_operator(args.deg, image_size=image_size, channels=channels, deg_scale=args.deg_scale,
+                        device=device, dtype=torch.float32, mask=mask, seed=args.seed,
+                        lambda_mode=args.lambda_mode, blur_svd=args.blur_svd)
+
+    out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
+    _check_output_path(out.root)
+
+    model_cfg = {k: config.get(k) for k in ("data", "model", "diffusion")}
+    settings = {
+        "config": Path(args.config).name,
+        "config_sha": hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "path_y": args.path_y, "deg": args.deg, "deg_scale": args.deg_scale, "sigma_y": args.sigma_y,
+        "add_noise": bool(args.add_noise), "noise_type": args.noise_type, "seed": args.seed,
+        "mask": mask, "mask_sha": _file_digest(mask) if mask and Path(mask).is_file() else None,
+        "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": args.ckpt,
+        "lpips_net": args.lpips_net, **sampler_cfg.to_dict(),
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))
+    notes = []
+    if args.sigma_y > 0 and not args.add_noise:
+        notes.append(f"note: --sigma_y {args.sigma_y} without --add_noise: y stays noise-free while the sampler "
+                     f"assumes noise of that level (the reference's behaviour)")
+    return Plan(args, argv, config, device, items, image_size, channels, data.preprocess_mode(config), op,
+                sampler_cfg, out, settings, fingerprint, batch_size, notes)
+
+
+# ---------------------------------------------------------------- phase 2: execute
+
+def load_eps_model(plan: Plan):
+    """The network as eps(x, t), class labels bound for class-conditional models."""
+    from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
+    from guided_diffusion.models import EpsModel, build_model
+
+    path = resolve_checkpoint(plan.config, exp=plan.args.exp, override=plan.args.ckpt)
+    model = build_model(plan.config)
+    load_weights(model, path)
+    model = model.to(plan.device).eval().requires_grad_(False)
+    LOG.info(f"model: {path}")
+    return EpsModel(model, plan.config), str(path)
+
+
+def _bind_labels(eps_model, labels: Optional[torch.Tensor]):
+    if labels is None:
+        return eps_model
+
+    def eps(x, t):
+        k = x.shape[0] // labels.shape[0]  # group-averaged EquS stacks k transformed copies of the batch
+        return eps_model(x, t, labels.repeat(k))
+
+    return eps
+
+
+def _to01(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def _metric_block(restored01, original01, lp: metrics.LPIPSMetric, cons) -> List[Dict]:
+    p = metrics.psnr(restored01, original01).tolist()
+    s = metrics.ssim(restored01, original01)
+    lc, lo = lp.correct(restored01, original01), lp.official(restored01, original01)
+    return [{"psnr": p[i], "ssim": s[i], "lpips": None if lc is None else lc[i].item(),
+             "lpips_official": None if lo is None else lo[i].item(), "consistency": cons[i].item()}
+            for i in range(len(p))]
+
+
+def _warn(message: str) -> None:
+    LOG.warning(message)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "scikit-image", "lpips", "pytorch-fid", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                           text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def _finished_records(out: OutputFolder, fingerprint: str) -> List[dict]:
+    """Every finished record in the folder made with these settings, by dataset index."""
+    if not out.records_dir.is_dir():
+        return []
+    records = []
+    for path in sorted(out.records_dir.glob("*.json")):
+        rec = out.read_record(path.stem, fingerprint)
+        if rec is not None:
+            records.append(rec)
+    return sorted(records, key=lambda r: (r.get("index", 0), r["name"]))
+
+
+def _write_grid(out: OutputFolder, records: List[dict]) -> None:
+    """A^+ y | result | ground truth for the first few images, from the saved files."""
+    import io
+
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    tiles = []
+    for rec in records[:GRID_ROWS]:
+        for path in (out.apy(rec["name"]), out.restored(rec["name"]), out.orig(rec["name"])):
+            with Image.open(path) as img:
+                tiles.append(TF.to_tensor(img.convert("RGB")))
+    if not tiles:
+        return
+    grid = make_grid(torch.stack(tiles), nrow=3, padding=2, pad_value=1.0)
+    save_image(out.grid, grid)
+
+
+def _fid(out: OutputFolder, records: List[dict], device) -> Dict:
+    names = [r["name"] for r in records]
+    orig = [str(out.orig(n)) for n in names]
+    value = metrics.fid_from_files([str(out.restored(n)) for n in names], orig, device, warn=_warn)
+    baseline = None
+    if value is not None:
+        baseline = metrics.fid_from_files([str(out.apy(n)) for n in names], orig, device, warn=_warn)
+    return {"fid": value, "baseline_fid": baseline, "fid_num_images": len(names)}
+
+
+def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
+    """Rebuild results.json, results.txt and grid.png from the folder's records."""
+    out = plan.out
+    records = _finished_records(out, plan.fingerprint)
+    summary = summarize(records)
+    if fid and records:
+        extra = _fid(out, records, plan.device)
+        summary["fid"], summary["baseline"]["fid"] = extra["fid"], extra["baseline_fid"]
+        summary["fid_num_images"] = extra["fid_num_images"]
+    else:
+        summary["fid"], summary["baseline"]["fid"], summary["fid_num_images"] = None, None, 0
+    results = {
+        "command": "python main.py " + shlex.join(plan.argv),
+        "comment": plan.args.comment or None,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(plan.device),
+        "settings": plan.settings,
+        "fingerprint": plan.fingerprint,
+        "sampler": plan.sampler_cfg.to_dict(),
+        "checkpoint": model_path,
+        "config": plan.config,
+        "versions": _versions(),
+        "nfe": summary["nfe"],
+        "seconds_per_image": summary["seconds_per_image"],
+        "metric_notes": {
+            "psnr_ssim": "on [0, 1] float images before 8-bit rounding; SSIM = skimage defaults, channel_axis=0",
+            "lpips": f"lpips package v0.1, {plan.args.lpips_net} backbone, inputs mapped to [-1, 1]",
+            "lpips_official": "VGG LPIPS fed [0, 1] images un-normalised, as the official EquS code (results.txt)",
+            "consistency": "RMS of A(x_hat) - y over the measurements, in 8-bit units (x127.5 of model space)",
+            "fid": "pytorch-fid (Inception pool3) restored vs ground-truth PNGs; indicative below 2048 images",
+            "baseline": "the same metrics for A^+ y, the pseudo-inverse of the measurement",
+            "seconds_per_image": "wall time of the sampler per image (batch time / batch size)",
+        },
+        "summary": summary,
+        "images": records,
+    }
+    atomic_write_json(out.results_json, results)
+    atomic_write_text(out.results_txt, results_txt(summary))
+    _write_grid(out, records)
+    return results
+
+
+def execute(plan: Plan) -> Dict:
+    args, out = plan.args, plan.out
+    previous = read_json(out.run_json)
+    if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
+        changes = settings_diff(previous.get("settings", {}), plan.settings)
+        raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
+                         f"add --overwrite to replace them or choose another -i")
+    done = {} if args.overwrite else {r["name"]: r for r in _finished_records(out, plan.fingerprint)}
+    pending = [it for it in plan.items if it.name not in done]
+    for note in plan.notes:
+        LOG.info(note)
+    LOG.info(f"{len(plan.items)} images, {len(plan.items) - len(pending)} already done; output: {out.root}")
+
+    eps_model, model_path = (None, (previous or {}).get("checkpoint"))
+    if pending:
+        eps_model, model_path = load_eps_model(plan)  # a missing checkpoint fails here, before any write
+    if args.overwrite:
+        out.clear()
+    out.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
+                                     "checkpoint": model_path,
+                                     "command": "python main.py " + shlex.join(plan.argv)})
+    if pending:
+        _restore_all(plan, eps_model, pending, [r.get("psnr") for r in done.values()])
+    results = finalize(plan, model_path, fid=not args.no_fid)
+    s = results["summary"]
+    LOG.info(results_txt(s).rstrip())
+    return results
+
+
+def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_psnr: List[float]) -> None:
+    import tqdm
+
+    from functions.diffusion import make_betas
+    from functions.noise import PerImageNoise
+    from functions.samplers import restore
+
+    args, out, op, device = plan.args, plan.out, plan.op, plan.device
+    betas = make_betas(plan.config.get("diffusion", {}))
+    lp = metrics.LPIPSMetric(None if args.lpips_net == "none" else args.lpips_net, device, warn=_warn)
+    class_cond = bool((plan.config.get("model", {}) or {}).get("class_cond", False))
+    sigma_model = 2.0 * args.sigma_y
+    psnrs = [p for p in earlier_psnr if p is not None]
+
+    bar = tqdm.tqdm(total=len(plan.items), initial=len(plan.items) - len(pending), unit="img",
+                    dynamic_ncols=True, file=sys.stderr)
+    try:
+        for start in range(0, len(pending), plan.batch_size):
+            batch = pending[start:start + plan.batch_size]
+            x01 = data.load_batch(batch, plan.image_size, plan.preprocess).to(device)
+            x = x01 * 2 - 1
+            with torch.no_grad():
+                y = op.A(x)
+                if args.add_noise and sigma_model > 0:
+                    gen = PerImageNoise([seed_for(args.seed, it.index) + NOISE_Y_SEED_OFFSET for it in batch])
+                    y = y + sigma_model * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
+                apy = op.A_pinv(y).reshape(x.shape)
+            labels = None
+            if class_cond:
+                if any(it.label < 0 for it in batch):
+                    raise InputError("this model is class-conditional but the images have no class labels "
+                                     "(give a list file with 'name label' lines)")
+                labels = torch.tensor([it.label for it in batch], device=device)
+
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                result = restore(_bind_labels(eps_model, labels), op, y, betas, plan.sampler_cfg,
+                                 seeds=[seed_for(args.seed, it.index) for it in batch])
+            _sync(device)
+            seconds = (time.perf_counter() - t0) / len(batch)
+
+            x0 = result.x0.reshape(x.shape)
+            rest01, apy01 = _to01(x0), _to01(apy)
+            with torch.no_grad():
+                scores = _metric_block(rest01, x01, lp, metrics.consistency(op, x0, y))
+                base = _metric_block(apy01, x01, lp, metrics.consistency(op, apy, y))
+            for i, it in enumerate(batch):
+                save_image(out.apy(it.name), apy01[i])
+                save_image(out.orig(it.name), x01[i])
+                save_image(out.restored(it.name), rest01[i])
+                out.write_record({
+                    "name": it.name, "index": it.index, "source": str(it.path), "label": it.label,
+                    "seed": seed_for(args.seed, it.index), **scores[i], "nfe": int(result.nfe),
+                    "seconds": seconds, "baseline": base[i], "device": str(device),
+                    "fingerprint": plan.fingerprint,
+                })
+                if scores[i]["psnr"] is not None:
+                    psnrs.append(scores[i]["psnr"])
+            bar.update(len(batch))
+            mean = metrics.mean_of(psnrs)
+            if mean is not None:
+                bar.set_description(f"PSNR: {mean:.2f}")
+    finally:
+        bar.close()
+
+
+def run(args, argv: List[str]) -> Dict:
+    return execute(make_plan(args, argv))

@@ -1,0 +1,178 @@
+"""Where a run's results live, and how they survive a kill and a rerun.
+
+Layout of an output folder (`<exp>/image_samples/<image_folder>/`):
+
+    <name>.png            restored image, named after its input
+    Apy/<name>.png        the measurement shown as an image (A^+ y)
+    orig/<name>.png       the prepared ground truth
+    records/<name>.json   one small record per finished image (metrics, seed, time)
+    run.json              the settings that produced the records
+    results.json          rebuilt from records/ at the end of every run
+    results.txt           the official runner's four lines
+    grid.png              A^+ y | result | ground truth, a few rows
+
+Every file is written to a temporary name in the same folder and moved into
+place with os.replace, so a kill leaves either the old file or the new one.
+An image's record is written last, after its images: a record means the image
+is finished. Rerunning the same command skips recorded images; results.json is
+always rebuilt from the records, so records from several processes (a future
+sharded run) merge by simply sharing the folder.
+"""
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from functions.metrics import mean_of
+
+METRIC_KEYS = ("psnr", "ssim", "lpips", "lpips_official", "consistency")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats become null, tensors become numbers."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_image(path: Path, image01: torch.Tensor) -> None:
+    """Save a (3, H, W) [0, 1] tensor as an 8-bit PNG (rounded as torchvision does)."""
+    from PIL import Image
+
+    arr = image01.detach().float().clamp(0, 1).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    arr = arr.permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: Path) -> Optional[dict]:
+    """The parsed file, or None when it is absent or unreadable (e.g. a foreign partial file)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class OutputFolder:
+    """Paths of one run's outputs and its per-image record store."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+        self.apy_dir = self.root / "Apy"
+        self.orig_dir = self.root / "orig"
+        self.run_json = self.root / "run.json"
+        self.results_json = self.root / "results.json"
+        self.results_txt = self.root / "results.txt"
+        self.grid = self.root / "grid.png"
+
+    def restored(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def apy(self, name: str) -> Path:
+        return self.apy_dir / f"{name}.png"
+
+    def orig(self, name: str) -> Path:
+        return self.orig_dir / f"{name}.png"
+
+    def record_path(self, name: str) -> Path:
+        return self.records_dir / f"{name}.json"
+
+    def read_record(self, name: str, fingerprint: str) -> Optional[dict]:
+        """The image's record if it is complete and made with these settings."""
+        rec = read_json(self.record_path(name))
+        if not rec or rec.get("fingerprint") != fingerprint:
+            return None
+        if not (self.restored(name).exists() and self.apy(name).exists() and self.orig(name).exists()):
+            return None
+        return rec
+
+    def write_record(self, record: dict) -> None:
+        atomic_write_json(self.record_path(record["name"]), record)
+
+    def clear(self) -> None:
+        """Forget earlier results (--overwrite): records and summaries; images get rewritten."""
+        if self.records_dir.is_dir():
+            for p in self.records_dir.glob("*.json"):
+                p.unlink()
+        for p in (self.run_json, self.results_json, self.results_txt, self.grid):
+            if p.exists():
+                p.unlink()
+
+
+def summarize(records: List[dict]) -> Dict:
+    """The results.json summary: means over images, and the same for the A^+ y baseline."""
+    summary = {"num_images": len(records)}
+    for key in METRIC_KEYS:
+        summary[key] = mean_of(r.get(key) for r in records)
+    summary["nfe"] = records[0].get("nfe") if records else None
+    summary["seconds_per_image"] = mean_of(r.get("seconds") for r in records)
+    summary["baseline"] = {key: mean_of((r.get("baseline") or {}).get(key) for r in records) for key in METRIC_KEYS}
+    return summary
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "nan" if value is None else format(value, spec)
+
+
+def results_txt(summary: Dict) -> str:
+    """The official EquS runner's results.txt (its LPIPS is the official variant)."""
+    return (
+        f"Total Average PSNR: {_fmt(summary.get('psnr'), '.2f')}\n"
+        f"Total Average SSIM: {_fmt(summary.get('ssim'), '.4f')}\n"
+        f"Total Average LPIPS: {_fmt(summary.get('lpips_official'), '.5f')}\n"
+        f"Number of samples: {summary.get('num_images', 0)}\n"
+    )
+
+
+def settings_diff(old: Dict, new: Dict) -> List[str]:
+    """Human-readable differences between two settings dicts."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def collect(folder: OutputFolder, names: Iterable[str], fingerprint: str) -> List[dict]:
+    """Finished records for these names, in this order."""
+    out = []
+    for name in names:
+        rec = folder.read_record(name, fingerprint)
+        if rec is not None:
+            out.append(rec)
+    return out
