@@ -1,0 +1,39 @@
+"""Injectable sources of the sampler's random draws.
+
+Every draw (x_T, the eta noise, DDRM's noise, noise on y) comes from one of these,
+so a run is reproducible and the reference's zero-noise goldens can be replayed.
+`PerImageNoise` keeps one generator per image: image i gets the same numbers
+whatever the batch size or the number of processes sharing the work.
+"""
+from typing import Sequence
+
+import torch
+
+
+class PerImageNoise:
+    def __init__(self, seeds: Sequence[int], device=None):
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
+        """A (B, *shape) draw, row i from image i's generator, made on the device."""
+        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
+                            for g in self.generators])
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"noise source has {len(self.generators)} generators for a batch of {x.shape[0]}")
+        return self.randn(x.shape[1:], dtype=x.dtype)
+
+
+class ZeroNoise:
+    """Draws zeros: replays the reference with every randn_like replaced by zeros."""
+
+    def randn_like(self, x):
+        return torch.zeros_like(x)
+
+
+def seed_for(seed: int, index: int) -> int:
+    """Per-image seed from the run seed and the image's global index in the dataset."""
+    return int(seed) * 100003 + int(index)

@@ -1,0 +1,201 @@
+"""Train a DDPM "simple" UNet prior on a folder of images (the demo prior's recipe).
+
+    python -m runners.train --config demo.yml --data exp/datasets/demo_train \
+        --out exp/logs/demo --steps 20000 --batch_size 16 --seed 0
+
+Objective: DDPM eps prediction, ||eps - model(sqrt(abar) x0 + sqrt(1-abar) eps, t)||^2
+with t uniform, AdamW and an EMA of the weights. Augmentation: random crops at
+random scales (rescaled to the config's image size), horizontal flips and
+optionally 90-degree rotations, so the prior is invariant to the transforms that
+EquS applies. The training state (`train_state.pt`) is written atomically every
+--save_every steps and a run resumes from it; `--export` writes the EMA weights
+alone (fp16 by default) as a checkpoint that `main.py` loads through the config.
+"""
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from functions.diffusion import make_betas
+from guided_diffusion.models import build_model, load_config
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def load_folder(folder: str):
+    """All images under `folder` (recursive) as float tensors (3, H, W) in [0, 1]."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise ValueError(f"--data {folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    images = []
+    for p in paths:
+        try:
+            img = Image.open(p).convert("RGB")
+        except OSError as e:
+            raise ValueError(f"--data: cannot read image {p}: {e}") from None
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
+    return paths, images
+
+
+class CropSampler:
+    """Random crops at random scales, flips and (optionally) quarter turns.
+
+    A crop of side size/scale is cut from a random image (chosen with probability
+    proportional to its area) and resized to `size`, with scale log-uniform in
+    [min_scale, 1] (capped so that the crop fits in the image).
+    """
+
+    def __init__(self, images, size: int, min_scale: float = 0.2, rot90: bool = False, generator=None):
+        self.images, self.size, self.rot90 = images, size, rot90
+        self.min_scale = min_scale
+        areas = torch.tensor([float(im.shape[1] * im.shape[2]) for im in images])
+        self.weights = areas / areas.sum()
+        self.g = generator or torch.Generator().manual_seed(0)
+
+    def _uniform(self):
+        return float(torch.rand((), generator=self.g))
+
+    def sample(self, batch: int) -> torch.Tensor:
+        out = []
+        for _ in range(batch):
+            img = self.images[int(torch.multinomial(self.weights, 1, generator=self.g))]
+            _, H, W = img.shape
+            lo = math.log(max(self.min_scale, self.size / min(H, W)))
+            scale = math.exp(lo + (0 - lo) * self._uniform()) if lo < 0 else 1.0
+            side = min(H, W, max(self.size, int(round(self.size / scale))))
+            top = int(self._uniform() * (H - side + 1))
+            left = int(self._uniform() * (W - side + 1))
+            crop = img[:, top:top + side, left:left + side][None]
+            if side != self.size:
+                crop = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            if self._uniform() < 0.5:
+                crop = crop.flip(-1)
+            if self.rot90:
+                crop = torch.rot90(crop, int(self._uniform() * 4) % 4, dims=(-2, -1))
+            out.append(crop[0])
+        return torch.stack(out).clamp(0, 1) * 2 - 1  # model space [-1, 1]
+
+
+def save_atomic(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_ema(ema_state: dict, path: Path, dtype=torch.float16):
+    """The EMA weights alone, cast (fp16 halves the file), as a plain state_dict."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({k: v.to(dtype) if v.is_floating_point() else v for k, v in ema_state.items()}, path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="model config (name in configs/ or a path)")
+    p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for train_state.pt and ema.pt")
+    p.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=None, help="EMA decay (default: the config's model.ema_rate)")
+    p.add_argument("--min_scale", type=float, default=0.2, help="smallest crop rescaling factor")
+    p.add_argument("--rot90", action="store_true", help="also augment with 90-degree rotations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--save_every", type=int, default=250)
+    p.add_argument("--export", default=None, help="also write the EMA weights (fp16) to this path at every save")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return p.parse_args(argv)
+
+
+def train(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    size = int(config["data"]["image_size"])
+    torch.manual_seed(args.seed)
+    model = build_model(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    decay = args.ema if args.ema is not None else float(config["model"].get("ema_rate", 0.999))
+    abar = (1 - make_betas(config["diffusion"])).cumprod(0).to(device)
+    _, images = load_folder(args.data)
+    crops = CropSampler(images, size, args.min_scale, args.rot90, torch.Generator().manual_seed(args.seed))
+    g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "train_state.pt"
+    step, losses = 0, []
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, losses = int(state["step"]), list(state["losses"])
+        crops.g.set_state(state["crop_rng"])
+        g_noise.set_state(state["noise_rng"].to(g_noise.get_state().device) if device.type != "cpu" else state["noise_rng"])
+        print(f"resumed from {state_path} at step {step}", file=sys.stderr)
+
+    def save():
+        save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "step": step, "losses": losses, "crop_rng": crops.g.get_state(),
+                     "noise_rng": g_noise.get_state().cpu()}, state_path)
+        export_ema(ema.state_dict(), out / "ema.pt")
+        if args.export:
+            export_ema(ema.state_dict(), Path(args.export))
+
+    start = time.time()
+    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
+    running = None
+    model.train()
+    while step < args.steps:
+        x0 = crops.sample(args.batch_size).to(device)
+        t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=g_noise, device=device)
+        eps = torch.randn(x0.shape, generator=g_noise, device=device)
+        a = abar[t].view(-1, 1, 1, 1)
+        loss = (model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t.float()) - eps).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        value = float(loss.detach())
+        losses.append(value)
+        running = value if running is None else 0.98 * running + 0.02 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % args.save_every == 0 and step < args.steps:
+            save()
+        if args.minutes is not None and (time.time() - start) > 60 * args.minutes:
+            break
+    bar.close()
+    save()
+    return {"step": step, "losses": losses, "state": str(state_path), "ema": str(out / "ema.pt")}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
