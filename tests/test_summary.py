@@ -1,0 +1,107 @@
+"""runners/summary.py: runs placed by their settings, the paper's numbers beside them."""
+import json
+import re
+
+import pytest
+
+from runners import summary
+from tests.shared import shared_path
+
+
+def _parse_table1(text):
+    """{dataset: {method: [(a, b, c) per task]}} from ../shared/paper/table1.md's two tables."""
+    out, dataset = {}, None
+    for line in text.splitlines():
+        m = re.match(r"## (ImageNet|CelebA-HQ)", line)
+        if m:
+            dataset = m.group(1)
+            out[dataset] = {}
+            continue
+        if dataset and line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 6:
+                out[dataset][cells[0]] = [tuple(float(v) for v in c.split(" / ")) for c in cells[1:]]
+        if line.startswith("## Which"):
+            break
+    return out
+
+
+def test_published_numbers_match_the_paper_transcription():
+    paper = _parse_table1(shared_path("paper", "table1.md").read_text())
+    for dataset, rows in summary.PUBLISHED.items():
+        for method, values in rows.items():
+            assert [tuple(v) for v in values] == paper[dataset][method], (dataset, method)
+    assert set(summary.PUBLISHED["ImageNet"]) == set(summary.METHODS)
+
+
+def _settings(**kw):
+    base = {"deg": "deblur_gauss", "deg_scale": None, "sigma_y": 0.0, "add_noise": False, "sampler": "ddnm",
+            "equs": None, "schedule": "uniform", "transform": "hflip", "eps_mapping": "official", "steps": 100,
+            "eta": 0.85, "lambda_mode": "reference", "blur_svd": "reference", "mask": None}
+    base.update(kw)
+    return base
+
+
+def _write_run(root, name, dataset, settings, s, baseline=None, n=10):
+    folder = root / name
+    folder.mkdir(parents=True)
+    summ = {"num_images": n, "psnr": s[0], "ssim": s[1], "lpips_official": s[2], "lpips": 0.5,
+            "consistency": s[0], "fid": s[1] * 100,
+            "baseline": baseline or {"psnr": 1.0, "ssim": 0.1, "lpips_official": 0.9, "consistency": 7.0, "fid": 99.0}}
+    (folder / "results.json").write_text(json.dumps({
+        "settings": settings, "summary": summ, "config": {"data": {"dataset": dataset}},
+        "device": "cpu", "updated": "2026-01-01T00:00:00+00:00"}))
+    return folder
+
+
+def test_methods_and_tasks_from_settings():
+    assert summary.method_of(_settings()) == "DDNM"
+    assert summary.method_of(_settings(sigma_y=0.1)) == "DDNM+"
+    assert summary.method_of(_settings(equs="alternate", schedule="tas")) == "DDNM-EquS+"
+    assert summary.method_of(_settings(equs="alternate")) == "DDNM-EquS"
+    assert summary.method_of(_settings(sampler="ddrm", equs="alternate", schedule="tas")) == "DDRM-EquS+"
+    assert summary.method_of(_settings(equs="average", transform="d4", steps=20)) == "DDNM-EquS(avg) [d4, 20 steps]"
+    assert summary.task_of(_settings(deg="cs_blockbased", deg_scale=0.25)) == "CS 25% (block)"
+    assert summary.task_of(_settings(deg="cs_blockbased")) == "CS 25% (block)"   # the operator's default ratio
+    assert summary.task_of(_settings(deg="cs_blockbased", deg_scale=0.5)) == "cs_blockbased 0.5"
+    assert summary.task_of(_settings(deg="sr_bicubic", deg_scale=4.0)) == "SR 4x bicubic"
+    assert summary.task_of(_settings(deg="inpainting", mask="exp/inp_masks/mask.npy")) == "inpainting"
+
+
+def test_render_places_runs_and_paper_numbers(tmp_path):
+    root = tmp_path / "exp" / "image_samples"
+    _write_run(root, "a", "ImageNet", _settings(), (44.123, 0.9871, 0.0123))
+    _write_run(root, "b", "ImageNet", _settings(equs="alternate", schedule="tas"), (46.5, 0.99, 0.007))
+    _write_run(root, "c", "CelebA_HQ", _settings(deg="colorization", sampler="ddrm"), (150.0, 0.31, 0.104))
+    _write_run(root, "d", "CelebA_HQ", _settings(deg="sr_averagepooling", deg_scale=4.0, sigma_y=0.2,
+                                                   add_noise=True), (25.0, 0.7, 0.3))
+    (root / "e").mkdir()  # no results.json: ignored
+    runs = summary.load_runs(sorted(root.iterdir()))
+    assert len(runs) == 4
+    text = summary.render(runs)
+    inet = text.split("## ImageNet")[1].split("## CelebA-HQ")[0]
+    ddnm = next(l for l in inet.splitlines() if l.startswith("| DDNM |"))
+    assert "44.12 / 0.987 / 0.012 (paper 44.94 / 0.990 / 0.011)" in ddnm
+    plus = next(l for l in inet.splitlines() if l.startswith("| DDNM-EquS+ |"))
+    assert "46.50 / 0.990 / 0.007 (paper 46.99 / 0.993 / 0.006)" in plus
+    apy = next(l for l in inet.splitlines() if l.startswith("| A^+ y |"))
+    assert "1.00 / 0.100 / 0.900 (paper 18.57 / 0.586 / 0.376)" in apy
+    assert "– (paper 28.59 / 0.795 / 0.225)" in ddnm  # CS not measured
+    celeba = text.split("## CelebA-HQ")[1].split("## Noisy")[0]
+    ddrm = next(l for l in celeba.splitlines() if l.startswith("| DDRM |"))
+    # colorization: Cons / FID / LPIPS
+    assert ddrm.rstrip(" |").endswith("150.00 / 31.00 / 0.104 (paper 170.6 / 31.20 / 0.105)")
+    noisy = text.split("## Noisy tasks")[1].split("## Runs")[0]
+    assert "sr_averagepooling 4, sigma_y 0.2" in noisy and "DDNM+" in noisy
+    assert "| a | ImageNet | deblur (gauss) | DDNM | 10 |" in text
+
+
+def test_cli_writes_file_and_errors_without_results(tmp_path, capsys):
+    root = tmp_path / "exp" / "image_samples"
+    _write_run(root, "a", "ImageNet", _settings(), (44.0, 0.98, 0.01))
+    out = tmp_path / "table.md"
+    assert summary.main(["--exp", str(tmp_path / "exp"), "-o", str(out)]) == 0
+    assert out.read_text() == capsys.readouterr().out
+    assert summary.main(["--exp", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:")
