@@ -1,0 +1,193 @@
+"""Super-resolution: r x r average pooling, and the reference's strided bicubic filter.
+
+sr_averagepooling (reference `SuperResolution`): y = the r x r mean of each patch,
+vectorised as the pooled (C, H/r, W/r) image. Its SVD is per patch: V_small is the
+reference's SVD basis of the 1 x r^2 averaging row; spectral coordinates are the
+patches' first components (all channels and patches), then the other r^2 - 1
+components patch by patch. A, A^T and A^+ are pooling / nearest upsampling.
+
+sr_bicubic (reference `SRConv`, which has no DDNM+ formulas): the 1-D matrix takes
+taps j in [i - K/2, i + K/2) around i = r/2 + r*row (the last tap of the 4r-tap
+bicubic kernel (a = -0.5) is dropped), with reflective boundary; its singular
+values below 3e-2 are zeroed. The 2-D operator is that matrix along rows and along
+columns; A, A^T and A^+ are two small matrix products per channel.
+
+Reference Lambda_noise for average pooling scales the raw patch pixels where the
+SVD formula scales V_small^T times them (see `_reference_noise_coords`).
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import SVDOperator, reference_svd
+
+TRUNCATE_BELOW = 3e-2  # reference SRConv / Deblurring: singular values below this are zeroed
+
+
+class AveragePoolSR(SVDOperator):
+    """r x r average pooling (reference `SuperResolution`), with the reference's DDNM+ formulas."""
+
+    name = "sr_averagepooling"
+    has_reference_lambda = True
+
+    def __init__(self, image_size: int, channels: int, factor: int, device="cpu", dtype=torch.float32,
+                 lambda_mode: str = "reference"):
+        super().__init__(image_size, channels, device, dtype, lambda_mode)
+        self.factor = r = int(factor)
+        self.small = image_size // r
+        U, S, V = reference_svd(torch.full((1, r * r), 1.0 / r ** 2), dtype)
+        self._u = float(U[0, 0])
+        self._V_small = self._t(V)
+        self._s = self._t(S[:1]).repeat(channels * self.small ** 2)
+
+    def singulars(self):
+        return self._s
+
+    def _patches(self, x):
+        B, C, n, r, k = x.shape[0], self.channels, self.image_size, self.factor, self.small
+        return x.reshape(B, C, k, r, k, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C * k * k, r * r)
+
+    def _unpatch(self, p):
+        B, C, n, r, k = p.shape[0], self.channels, self.image_size, self.factor, self.small
+        return p.reshape(B, C, k, k, r, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C, n, n)
+
+    @staticmethod
+    def _order(p):
+        """Per-patch components (B, P, r^2) -> spectral vector: all first components, then the rest."""
+        return torch.cat([p[:, :, 0], p[:, :, 1:].reshape(p.shape[0], -1)], dim=1)
+
+    def _unorder(self, v):
+        v = self._flat(v)
+        B, P = v.shape[0], self.channels * self.small ** 2
+        return torch.cat([v[:, :P, None], v[:, P:].reshape(B, P, -1)], dim=2)
+
+    def Vt(self, x):
+        return self._order(self._patches(self._image(x)) @ self._V_small)
+
+    def V(self, v):
+        return self._unpatch(self._unorder(v) @ self._V_small.T)
+
+    def U(self, y):
+        return self._u * self._flat(y)
+
+    def Ut(self, y):
+        return self._u * self._flat(y)
+
+    def A(self, x):
+        x = self._image(x)
+        return F.avg_pool2d(x, self.factor).reshape(x.shape[0], -1)
+
+    def _upsample(self, y):
+        y = self._flat(y).reshape(-1, self.channels, self.small, self.small)
+        r = self.factor
+        return y.repeat_interleave(r, dim=2).repeat_interleave(r, dim=3)
+
+    def At(self, y):
+        return self._upsample(y) / self.factor ** 2
+
+    def A_pinv(self, y):
+        return self._upsample(y)
+
+    def _reference_noise_coords(self, x):
+        return self._order(self._patches(self._image(x)))
+
+
+def bicubic_kernel(factor: int, a: float = -0.5) -> torch.Tensor:
+    """The reference's 4*factor-tap bicubic kernel (float64 weights, normalised, then float32)."""
+    def cubic(t):
+        t = abs(t)
+        if t <= 1:
+            return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+        if t < 2:
+            return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+        return 0.0
+
+    taps = 4 * factor
+    k = np.array([cubic((i - math.floor(taps / 2) + 0.5) / factor) for i in range(taps)])
+    k = torch.from_numpy(k / k.sum()).float()
+    return k / k.sum()
+
+
+def strided_conv_matrix(kernel: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """(size/stride, size) matrix of the reference `SRConv`: taps [i - K/2, i + K/2), reflective boundary."""
+    K = kernel.shape[0]
+    centres = np.arange(stride // 2, size + stride // 2, stride)
+    offsets = np.arange(-(K // 2), K // 2)
+    j = centres[:, None] + offsets[None, :]
+    j_eff = np.where(j < 0, -j - 1, j)
+    j_eff = np.where(j_eff >= size, (size - 1) - (j_eff - size), j_eff)
+    if j_eff.min() < 0 or j_eff.max() >= size:
+        raise ValueError(f"sr_bicubic: factor {stride} is too large for image_size {size} "
+                         f"(the {K}-tap kernel reflects past both borders)")
+    rows = np.broadcast_to((centres // stride)[:, None], j.shape)
+    M = np.zeros((size // stride, size), dtype=np.float64)
+    np.add.at(M, (rows.ravel(), j_eff.ravel()), kernel.double().numpy()[offsets + K // 2][None, :].repeat(len(centres), 0).ravel())
+    return torch.from_numpy(M).float()
+
+
+class BicubicSR(SVDOperator):
+    """Separable strided bicubic filter (reference `SRConv`); no reference DDNM+ formulas."""
+
+    name = "sr_bicubic"
+
+    def __init__(self, image_size: int, channels: int, factor: int, device="cpu", dtype=torch.float32,
+                 lambda_mode: str = "reference", kernel: torch.Tensor = None):
+        super().__init__(image_size, channels, device, dtype, lambda_mode)
+        self.factor = r = int(factor)
+        n, k = image_size, image_size // r
+        self.small = k
+        self.kernel = bicubic_kernel(r) if kernel is None else kernel.detach().float().cpu()
+        U, S, V = reference_svd(strided_conv_matrix(self.kernel, n, r), dtype)
+        S = S.clone()
+        S[S < TRUNCATE_BELOW] = 0
+        S_pinv = torch.where(S > 0, 1 / torch.where(S > 0, S, torch.ones_like(S)), torch.zeros_like(S))
+        self._U_small, self._V_small = self._t(U), self._t(V)
+        self._A1 = self._t(U @ torch.diag(S) @ V[:, :k].T)            # truncated (k, n)
+        self._A1_pinv = self._t(V[:, :k] @ torch.diag(S_pinv) @ U.T)   # (n, k)
+        self._s = self._t(torch.outer(S, S).reshape(-1)).repeat_interleave(channels)
+
+    def singulars(self):
+        return self._s
+
+    def Vt(self, x):
+        x = self._image(x)
+        B, C, n, k = x.shape[0], self.channels, self.image_size, self.small
+        T = self._V_small.T @ x @ self._V_small
+        parts = [T[:, :, :k, :k].reshape(B, C, -1), T[:, :, :k, k:].reshape(B, C, -1),
+                 T[:, :, k:, :].reshape(B, C, -1)]
+        return torch.cat(parts, dim=2).permute(0, 2, 1).reshape(B, -1)
+
+    def V(self, v):
+        v = self._flat(v)
+        B, C, n, k = v.shape[0], self.channels, self.image_size, self.small
+        t = v.reshape(B, n * n, C).permute(0, 2, 1)
+        T = torch.empty(B, C, n, n, dtype=v.dtype, device=v.device)
+        T[:, :, :k, :k] = t[:, :, : k * k].reshape(B, C, k, k)
+        T[:, :, :k, k:] = t[:, :, k * k: k * n].reshape(B, C, k, n - k)
+        T[:, :, k:, :] = t[:, :, k * n:].reshape(B, C, n - k, n)
+        return self._V_small @ T @ self._V_small.T
+
+    def _small_image(self, y):
+        return self._flat(y).reshape(-1, self.channels, self.small, self.small)
+
+    def U(self, y):
+        B, C, k = y.shape[0], self.channels, self.small
+        t = self._flat(y).reshape(B, k * k, C).permute(0, 2, 1).reshape(B, C, k, k)
+        return (self._U_small @ t @ self._U_small.T).reshape(B, -1)
+
+    def Ut(self, y):
+        B, C = y.shape[0], self.channels
+        t = self._U_small.T @ self._small_image(y) @ self._U_small
+        return t.reshape(B, C, -1).permute(0, 2, 1).reshape(B, -1)
+
+    def A(self, x):
+        x = self._image(x)
+        return (self._A1 @ x @ self._A1.T).reshape(x.shape[0], -1)
+
+    def At(self, y):
+        return self._A1.T @ self._small_image(y) @ self._A1
+
+    def A_pinv(self, y):
+        return self._A1_pinv @ self._small_image(y) @ self._A1_pinv.T
