@@ -1,0 +1,223 @@
+"""Samplers against the reference goldens and analytic-prior invariants."""
+import pytest
+import torch
+
+from functions.noise import ZeroNoise, PerImageNoise
+from functions.operators import DEGRADATIONS, build_operator
+from functions.samplers import DDNMPlusRule, SamplerConfig, make_rule, restore
+from tests.gaussian_prior import BETAS, GaussianEps, asymmetric_mean, d4_symmetric_mean
+from tests.shared import fixture
+
+# ---------------------------------------------------------------- reference goldens
+
+
+def _golden_setup():
+    gold = fixture("sampler_goldens_64.pt")
+    ops = fixture("operators_64.pt")["inputs"]
+    assert torch.equal(gold["betas"], BETAS), "the project's linear betas must equal the reference's"
+    return gold, ops, GaussianEps(gold["prior_mean"], gold["prior_var"])
+
+
+def _golden_operator(name, inputs):
+    if name == "sr_averagepooling_4":
+        return build_operator("sr_averagepooling", image_size=64, deg_scale=4)
+    if name == "cs_walshhadamard_0.25":
+        return build_operator("cs_walshhadamard", image_size=64, deg_scale=0.25, perm=inputs["perm"])
+    if name == "inpainting":
+        return build_operator("inpainting", image_size=64, mask=inputs["inpainting_mask_64"])
+    if name == "deblur_gauss":
+        return build_operator("deblur_gauss", image_size=64)
+    raise KeyError(name)
+
+
+METHODS = {"ddnm": dict(), "equs": dict(equs="alternate"), "equs_plus": dict(equs="alternate", schedule="tas")}
+
+
+@pytest.mark.parametrize("key", ["sr_averagepooling_4/ddnm", "sr_averagepooling_4/equs", "sr_averagepooling_4/equs_plus",
+                                 "cs_walshhadamard_0.25/ddnm", "cs_walshhadamard_0.25/equs",
+                                 "cs_walshhadamard_0.25/equs_plus"])
+def test_deterministic_goldens(key):
+    gold, inputs, eps = _golden_setup()
+    op_name, method = key.split("/")
+    op = _golden_operator(op_name, inputs)
+    cfg = SamplerConfig(eta=gold["eta"], steps=gold["T_sampling"], **METHODS[method])
+    out = restore(eps, op, op.A(gold["x_orig"]), BETAS, cfg, noise=ZeroNoise(), x_T=gold["x_T"].clone()).x0
+    assert (out - gold["runs"][key]).abs().max() <= 1e-4
+
+
+ZERO_NOISE_RUNS = [f"{op}/{run}" for op in ("sr_averagepooling_4", "inpainting", "deblur_gauss") for run in (
+    "ddnm_eta0.85", "ddnm_eta0.85_travel2x3", "ddnm_plus_eta0.85_sigma0.2", "equs_eta0.85", "equs_plus_eta0.85",
+    "equs_ddnm_plus_eta0.85_sigma0.2", "ddrm_etaB1_eta0.85_sigma0.0", "ddrm_etaB1_eta0.85_sigma0.2")]
+
+
+def _zero_noise_config(run: str, T: int) -> SamplerConfig:
+    cfg = SamplerConfig(eta=0.85, steps=T)
+    if run.startswith("ddrm"):
+        cfg.sampler, cfg.etaB = "ddrm", 1.0
+    if "equs" in run:
+        cfg.equs = "alternate"
+    if "equs_plus" in run:
+        cfg.schedule = "tas"
+    if "travel2x3" in run:
+        cfg.travel_length, cfg.travel_repeat = 2, 3
+    return cfg
+
+
+@pytest.mark.parametrize("key", ZERO_NOISE_RUNS)
+def test_zero_noise_goldens(key):
+    gold, inputs, eps = _golden_setup()
+    zero = fixture("sampler_zero_noise_goldens_64.pt")
+    op_name, run = key.split("/")
+    op = _golden_operator(op_name, inputs)
+    y = op.A(gold["x_orig"])
+    cfg = _zero_noise_config(run, zero["T_sampling"])
+    if run.endswith("sigma0.2"):
+        cfg.sigma_y = zero["sigma_y"]
+        y = y + zero["sigma_y"] * zero["noise_y"][op_name].reshape(y.shape)
+    out = restore(eps, op, y, BETAS, cfg, noise=ZeroNoise(), x_T=gold["x_T"].clone()).x0
+    assert (out - zero["runs"][key]).abs().max() <= 1e-4
+
+
+# ---------------------------------------------------------------- analytic-prior invariants
+
+SIZE = 32
+
+
+def _op(name, size=SIZE, **kw):
+    scale = {"sr_averagepooling": 4, "sr_bicubic": 4, "cs_walshhadamard": 0.25, "cs_blockbased": 0.25}.get(name)
+    return build_operator(name, image_size=size, deg_scale=scale, **kw)
+
+
+@pytest.mark.parametrize("deg", DEGRADATIONS)
+def test_noise_free_ddnm_is_data_consistent(deg):
+    """A x = y to 1e-4 at the end of noise-free DDNM, before any clipping, for every operator."""
+    torch.manual_seed(0)
+    op = _op(deg)
+    eps = GaussianEps(asymmetric_mean(SIZE), 0.25)
+    x = asymmetric_mean(SIZE, seed=1).repeat(2, 1, 1, 1) + 0.2 * torch.randn(2, 3, SIZE, SIZE)
+    y = op.A(x)
+    out = restore(eps, op, y, BETAS, SamplerConfig(steps=8, eta=0.85), seeds=[3, 4]).x0
+    assert (op.A(out) - y).abs().max() <= 1e-4
+
+
+def _run_pair(prior_mean, cfg_a, cfg_b, deg="sr_averagepooling"):
+    op = _op(deg)
+    eps = GaussianEps(prior_mean, 0.3)
+    x = asymmetric_mean(SIZE, seed=2)
+    y = op.A(x)
+    a = restore(eps, op, y, BETAS, cfg_a, seeds=[7]).x0
+    b = restore(eps, op, y, BETAS, cfg_b, seeds=[7]).x0
+    return a, b
+
+
+def test_consistent_equs_equals_ddnm_for_a_mirror_symmetric_prior():
+    sym = d4_symmetric_mean(SIZE)
+    a, b = _run_pair(sym, SamplerConfig(steps=10), SamplerConfig(steps=10, equs="alternate", eps_mapping="consistent"))
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_official_equs_differs_from_consistent_one_even_for_a_symmetric_prior():
+    """The official update uses the flipped eps with the unflipped x_t: not the same trajectory."""
+    sym = d4_symmetric_mean(SIZE)
+    a, b = _run_pair(sym, SamplerConfig(steps=10, equs="alternate", eps_mapping="official"),
+                     SamplerConfig(steps=10, equs="alternate", eps_mapping="consistent"))
+    assert (a - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("group", ["flips", "d4"])
+def test_average_mode_equals_plain_denoiser_for_a_symmetric_prior(group):
+    sym = d4_symmetric_mean(SIZE)
+    a, b = _run_pair(sym, SamplerConfig(steps=10), SamplerConfig(steps=10, equs="average", transform=group))
+    assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("equs,mapping", [("alternate", "consistent"), ("alternate", "official"), ("average", "official")])
+def test_equs_differs_from_ddnm_for_an_asymmetric_prior(equs, mapping):
+    a, b = _run_pair(asymmetric_mean(SIZE), SamplerConfig(steps=10),
+                     SamplerConfig(steps=10, equs=equs, eps_mapping=mapping, transform="flips" if equs == "average" else "hflip"))
+    assert (a - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    (SamplerConfig(steps=12), 12),
+    (SamplerConfig(steps=12, equs="alternate"), 12),
+    (SamplerConfig(steps=12, equs="alternate", transform="random"), 12),
+    (SamplerConfig(steps=12, equs="average", transform="flips"), 24),
+    (SamplerConfig(steps=12, equs="average", transform="d4"), 96),
+    (SamplerConfig(steps=100, schedule="tas"), 100),
+    (SamplerConfig(steps=100, schedule="tas_dedup"), 97),
+])
+def test_nfe(cfg, expected):
+    """Alternate EquS adds no NFE; the average mode counts every copy; TAS dedup saves the repeated t=0."""
+    op = _op("inpainting", size=16)
+    eps = GaussianEps(asymmetric_mean(16), 0.3)
+    res = restore(eps, op, op.A(asymmetric_mean(16, seed=5)), BETAS, cfg, seeds=[0])
+    assert res.nfe == expected
+    # the average mode batches its copies: one model call per step
+    assert eps.calls == len([s for s in res.schedule if s.is_reverse])
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplerConfig(steps=6, eta=0.85),
+    SamplerConfig(steps=6, eta=0.85, sigma_y=0.1, equs="alternate", schedule="tas"),
+    SamplerConfig(steps=6, sampler="ddrm", sigma_y=0.1, equs="alternate", transform="random"),
+    SamplerConfig(steps=6, eta=0.5, travel_length=2, travel_repeat=2, equs="average", transform="flips"),
+])
+def test_batch_size_does_not_change_results(cfg):
+    op = _op("deblur_gauss")
+    eps = GaussianEps(asymmetric_mean(SIZE), 0.3)
+    x = asymmetric_mean(SIZE, seed=9).repeat(4, 1, 1, 1) + 0.1 * torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    y = op.A(x)
+    seeds = [11, 12, 13, 14]
+    batch = restore(eps, op, y, BETAS, cfg, seeds=seeds).x0
+    singles = torch.cat([restore(eps, op, y[i:i + 1], BETAS, cfg, seeds=[s]).x0 for i, s in enumerate(seeds)])
+    assert torch.allclose(batch, singles, atol=1e-5, rtol=0)
+    # and different seeds give different samples
+    assert (batch[0] - batch[1]).abs().max() > 1e-3 or cfg.eta == 0
+
+
+def test_noisy_y_always_runs_ddnm_plus():
+    op = _op("sr_averagepooling")
+    y = op.A(asymmetric_mean(SIZE))
+    for equs in (None, "alternate", "average"):
+        assert isinstance(make_rule(SamplerConfig(sigma_y=0.1, equs=equs), op, y), DDNMPlusRule)
+    assert not isinstance(make_rule(SamplerConfig(sigma_y=0.0), op, y), DDNMPlusRule)
+
+
+@pytest.mark.parametrize("deg", ["sr_averagepooling", "inpainting", "cs_walshhadamard"])
+def test_ddnm_plus_with_zero_sigma_y_is_ddnm(deg):
+    """With the SVD-derived Lambda (lambda_mode='svd'), DDNM+ at sigma_y = 0 is DDNM.
+    (The reference's own average-pooling noise term scales raw patch pixels, so in
+    'reference' mode it is not; see functions/operators/super_resolution.py.)"""
+    op = _op(deg, lambda_mode="svd")
+    eps = GaussianEps(asymmetric_mean(SIZE), 0.3)
+    y = op.A(asymmetric_mean(SIZE, seed=4))
+    a = restore(eps, op, y, BETAS, SamplerConfig(steps=8, eta=0.85), seeds=[5]).x0
+    b = restore(eps, op, y, BETAS, SamplerConfig(steps=8, eta=0.85, sampler="ddnm_plus"), seeds=[5]).x0
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_float64_and_device_are_kept():
+    op = _op("colorization", dtype=torch.float64)
+    mean = asymmetric_mean(SIZE).double()
+    eps = GaussianEps(mean, 0.3)
+    y = op.A(mean)
+    seen = []
+    out = restore(eps, op, y, BETAS, SamplerConfig(steps=4), seeds=[0],
+                  callback=lambda i, step, x, x0: seen.append((x.dtype, x.device))).x0
+    assert out.dtype == torch.float64 and out.device == y.device
+    assert len(seen) == 4 and all(d == (torch.float64, y.device) for d in seen)
+
+
+def test_bad_sampler_settings_raise_clear_errors():
+    op = _op("denoising")
+    y = op.A(asymmetric_mean(SIZE))
+    eps = GaussianEps(asymmetric_mean(SIZE), 0.3)
+    with pytest.raises(ValueError, match="sampler 'nope' is unknown; choose one of: ddnm, ddnm_plus, ddrm"):
+        restore(eps, op, y, BETAS, SamplerConfig(sampler="nope"), seeds=[0])
+    with pytest.raises(ValueError, match="sigma_y must be >= 0"):
+        restore(eps, op, y, BETAS, SamplerConfig(sigma_y=-1), seeds=[0])
+    with pytest.raises(ValueError, match="EquS mode 'sometimes' is unknown"):
+        restore(eps, op, y, BETAS, SamplerConfig(equs="sometimes"), seeds=[0])
+    with pytest.raises(ValueError, match="eps_mapping 'both' is unknown"):
+        restore(eps, op, y, BETAS, SamplerConfig(equs="alternate", eps_mapping="both"), seeds=[0])
