@@ -235,7 +235,8 @@ def make_plan(args, argv: List[str]) -> Plan:
         "add_noise": bool(args.add_noise), "noise_type": args.noise_type, "seed": args.seed,
         "mask": mask, "mask_sha": _file_digest(mask) if mask and Path(mask).is_file() else None,
         "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": args.ckpt,
-        "lpips_net": args.lpips_net, **sampler_cfg.to_dict(),
+        "lpips_net": args.lpips_net,
+        **{k: v for k, v in sampler_cfg.to_dict().items() if k != "sigma_y"},  # sigma_y stays in CLI units
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))

@@ -1,0 +1,447 @@
+"""main.py end to end on CPU: a tiny random-weight model, a few small images written here.
+
+Covers every --deg (noise-free and noisy), plain / EquS / EquS+, DDRM, resume after
+a kill, --overwrite, the command lines of evaluation.sh, and the bad inputs (one
+line on stderr, exit status 2, nothing already written touched).
+"""
+import hashlib
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from functions import metrics
+from runners import cli, restoration
+from runners.results import OutputFolder, atomic_write_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+samplers = pytest.importorskip("functions.samplers")
+operators = pytest.importorskip("functions.operators")
+if not hasattr(samplers, "restore") or not hasattr(operators, "build_operator"):
+    pytest.skip("samplers / operators not available yet", allow_module_level=True)
+
+TINY_MODEL = {"type": "simple", "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
+              "attn_resolutions": [], "dropout": 0.0, "resamp_with_conv": True, "var_type": "fixedsmall",
+              "checkpoint": "logs/tiny.ckpt"}
+DIFFUSION = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "num_diffusion_timesteps": 1000}
+TRAVEL = {"T_sampling": 3, "travel_length": 1, "travel_repeat": 1}
+FAST = ["--lpips_net", "none", "--no_fid"]
+
+
+def _image(path, size, seed, mode="RGB"):
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (img.convert(mode) if mode != "RGB" else img).save(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from guided_diffusion.models import build_model
+
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
+    root = tmp_path_factory.mktemp("cli")
+    exp = root / "exp"
+    celeba = {"data": {"dataset": "CelebA_HQ", "image_size": 32, "channels": 3, "rescaled": True},
+              "model": TINY_MODEL, "diffusion": DIFFUSION, "sampling": {"batch_size": 1}, "time_travel": TRAVEL}
+    imagenet = json.loads(json.dumps(celeba))
+    imagenet["data"].update(dataset="ImageNet", subset_1k=True)
+    (root / "tiny.yml").write_text(yaml.safe_dump(celeba))
+    (root / "tiny_imagenet.yml").write_text(yaml.safe_dump(imagenet))
+    (exp / "logs").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_model(celeba).state_dict(), exp / "logs" / "tiny.ckpt")
+    # three faces of different sizes, one grey
+    _image(exp / "datasets" / "faces" / "face" / "00010.png", (40, 48), 0)
+    _image(exp / "datasets" / "faces" / "face" / "00011.png", (64, 64), 1, mode="L")
+    _image(exp / "datasets" / "faces" / "face" / "00012.png", (50, 36), 2)
+    for i in range(2):
+        _image(exp / "datasets" / "celeba_hq" / "face" / f"{i:05d}.png", (48, 48), 10 + i)
+        _image(exp / "datasets" / "imagenet" / "imagenet" / f"ILSVRC2012_val_{i:08d}.JPEG", (60, 40), 20 + i)
+    (exp / "imagenet_val_1k.txt").write_text("ILSVRC2012_val_00000001.JPEG 1\nILSVRC2012_val_00000000.JPEG 0\n")
+    mask = np.ones((32, 32), dtype=np.uint8)
+    mask[8:20, 10:26] = 0
+    (exp / "inp_masks").mkdir()
+    np.save(exp / "inp_masks" / "mask.npy", mask)
+    return SimpleNamespace(root=root, exp=exp, config=str(root / "tiny.yml"),
+                           config_imagenet=str(root / "tiny_imagenet.yml"))
+
+
+def run_cli(tiny, capsys, *args, fast=True):
+    argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--steps", "3", *(FAST if fast else []), *args]
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def folder(tiny, name) -> OutputFolder:
+    return OutputFolder(tiny.exp / "image_samples" / name)
+
+
+def results(tiny, name):
+    return json.loads(folder(tiny, name).results_json.read_text())
+
+
+def snapshot(path: Path):
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+OFFICIAL_TXT = re.compile(r"Total Average PSNR: \d+\.\d{2}\nTotal Average SSIM: -?\d\.\d{4}\n"
+                          r"Total Average LPIPS: (\d\.\d{5}|nan)\nNumber of samples: (\d+)\n")
+
+
+# ------------------------------------------------------------------ every degradation
+
+@pytest.mark.parametrize("deg", operators.DEGRADATIONS)
+def test_every_degradation_noise_free_and_noisy(tiny, capsys, deg):
+    common = ["--path_y", "faces", "--deg", deg, "--subset_end", "2"]
+    rc, out, err = run_cli(tiny, capsys, *common, "-i", f"deg_{deg}")
+    assert rc == 0, err
+    rc, _, err = run_cli(tiny, capsys, *common, "--sigma_y", "0.1", "--add_noise", "-i", f"deg_{deg}_noisy")
+    assert rc == 0, err
+
+    clean, noisy = results(tiny, f"deg_{deg}"), results(tiny, f"deg_{deg}_noisy")
+    for res, name in ((clean, f"deg_{deg}"), (noisy, f"deg_{deg}_noisy")):
+        s = res["summary"]
+        assert s["num_images"] == 2 and s["nfe"] == 3
+        assert np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 and s["consistency"] >= 0
+        assert s["lpips"] is None and s["fid"] is None  # switched off for speed
+        out_dir = folder(tiny, name)
+        for n in [r["name"] for r in res["images"]]:
+            for p in (out_dir.restored(n), out_dir.apy(n), out_dir.orig(n), out_dir.record_path(n)):
+                assert p.is_file(), p
+            assert Image.open(out_dir.restored(n)).size == (32, 32)
+        m = OFFICIAL_TXT.fullmatch(out_dir.results_txt.read_text())
+        assert m and m.group(2) == "2"
+        assert out_dir.grid.is_file()
+    # --sigma_y keeps the reference's units: doubled for the [-1, 1] model space
+    assert noisy["settings"]["sigma_y"] == 0.1 and noisy["sampler"]["sigma_y"] == pytest.approx(0.2)
+    assert clean["sampler"]["sigma_y"] == 0.0
+    # the noise really is on y: A^+ y of the noisy measurement is further from the truth
+    assert noisy["summary"]["baseline"]["psnr"] < clean["summary"]["baseline"]["psnr"]
+    assert "PSNR:" in err  # the progress bar shows the running mean PSNR
+
+
+def test_noise_free_sigma_without_add_noise_keeps_y_clean(tiny, capsys):
+    base = ["--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "4", "--subset_end", "1"]
+    assert run_cli(tiny, capsys, *base, "-i", "sig_clean")[0] == 0
+    rc, out, _ = run_cli(tiny, capsys, *base, "--sigma_y", "0.2", "-i", "sig_noadd")
+    assert rc == 0 and "without --add_noise" in out
+    a, b = results(tiny, "sig_clean")["summary"], results(tiny, "sig_noadd")["summary"]
+    assert a["baseline"]["psnr"] == pytest.approx(b["baseline"]["psnr"], abs=1e-9)  # same clean y
+    assert a["psnr"] != b["psnr"]  # but DDNM+ with sigma_y 0.4 in model space
+
+
+# ------------------------------------------------------------------ methods
+
+def test_plain_equs_equsplus_and_ddrm(tiny, capsys):
+    base = ["--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "4", "--subset_end", "2"]
+    variants = {"m_plain": [], "m_equs": ["--EquS"], "m_equsplus": ["--EquSplus"],
+                "m_avg": ["--equs_mode", "average"], "m_ddrm": ["--sampler", "ddrm"],
+                "m_ddrm_equsplus": ["--sampler", "ddrm", "--EquSplus"]}
+    for name, extra in variants.items():
+        rc, _, err = run_cli(tiny, capsys, *base, *extra, "-i", name)
+        assert rc == 0, (name, err)
+    s = {name: results(tiny, name)["sampler"] for name in variants}
+    assert (s["m_plain"]["equs"], s["m_plain"]["schedule"]) == (None, "uniform")
+    assert (s["m_equs"]["equs"], s["m_equs"]["schedule"]) == ("alternate", "uniform")
+    assert (s["m_equsplus"]["equs"], s["m_equsplus"]["schedule"]) == ("alternate", "tas")
+    assert s["m_avg"]["equs"] == "average"
+    assert s["m_ddrm"]["sampler"] == "ddrm" and s["m_ddrm_equsplus"]["equs"] == "alternate"
+    first = results(tiny, "m_plain")["images"][0]["name"]
+    pixels = {name: np.asarray(Image.open(folder(tiny, name).restored(first))) for name in variants}
+    names = list(variants)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            assert not np.array_equal(pixels[names[i]], pixels[names[j]]), (names[i], names[j])
+    assert results(tiny, "m_avg")["summary"]["nfe"] == 6  # {id, hflip}: two evaluations per step
+    assert results(tiny, "m_plain")["summary"]["nfe"] == 3
+
+
+# ------------------------------------------------------------------ resume, determinism, overwrite
+
+class _Counting:
+    """Wraps samplers.restore: counts images, optionally 'kills' the run at a given call."""
+
+    def __init__(self, real, kill_at=None):
+        self.real, self.kill_at, self.calls, self.images = real, kill_at, 0, 0
+
+    def __call__(self, eps_model, op, y, *args, **kw):
+        self.calls += 1
+        if self.kill_at is not None and self.calls == self.kill_at:
+            raise KeyboardInterrupt
+        self.images += y.shape[0]
+        return self.real(eps_model, op, y, *args, **kw)
+
+
+def test_resume_after_kill(tiny, capsys, monkeypatch):
+    base = ["--path_y", "faces", "--deg", "inpainting", "--sigma_y", "0.05", "--add_noise"]
+    real = samplers.restore
+    killer = _Counting(real, kill_at=2)
+    monkeypatch.setattr(samplers, "restore", killer)
+    rc, _, err = run_cli(tiny, capsys, *base, "-i", "resume")
+    assert rc == 130 and "resume" in err
+    out = folder(tiny, "resume")
+    done = sorted(p.stem for p in out.records_dir.glob("*.json"))
+    assert len(done) == 1
+    first = out.record_path(done[0]).read_bytes()
+    # a kill during a later write leaves a temp file behind, never a half-written target
+    (out.records_dir / ".00011.json.x1y2.tmp").write_text("{\"name\": \"00011\", ")
+
+    counter = _Counting(real)
+    monkeypatch.setattr(samplers, "restore", counter)
+    rc, _, err = run_cli(tiny, capsys, *base, "-i", "resume")
+    assert rc == 0, err
+    assert counter.images == 2  # the finished image is not redone
+    assert out.record_path(done[0]).read_bytes() == first
+    res = results(tiny, "resume")
+    assert res["summary"]["num_images"] == 3
+    assert sorted(r["name"] for r in res["images"]) == ["00010", "00011", "00012"]
+    assert OFFICIAL_TXT.fullmatch(out.results_txt.read_text()).group(2) == "3"
+
+    # the same command once more: nothing to do, summary rebuilt identically
+    counter2 = _Counting(real)
+    monkeypatch.setattr(samplers, "restore", counter2)
+    assert run_cli(tiny, capsys, *base, "-i", "resume")[0] == 0
+    assert counter2.images == 0
+    assert results(tiny, "resume")["summary"] == res["summary"]
+
+    # an uninterrupted run with another batch size gives the same images (per-image seeds)
+    assert run_cli(tiny, capsys, *base, "--batch_size", "2", "-i", "resume_b2")[0] == 0
+    a = {r["name"]: r for r in res["images"]}
+    b = {r["name"]: r for r in results(tiny, "resume_b2")["images"]}
+    for name in a:
+        assert a[name]["seed"] == b[name]["seed"]
+        assert a[name]["psnr"] == pytest.approx(b[name]["psnr"], abs=1e-3)
+        assert a[name]["baseline"]["psnr"] == pytest.approx(b[name]["baseline"]["psnr"], abs=1e-4)
+
+    # only --overwrite starts afresh
+    counter3 = _Counting(real)
+    monkeypatch.setattr(samplers, "restore", counter3)
+    assert run_cli(tiny, capsys, *base, "--overwrite", "-i", "resume")[0] == 0
+    assert counter3.images == 3
+    assert results(tiny, "resume")["summary"]["num_images"] == 3
+
+
+def test_subset_runs_merge_into_one_summary(tiny, capsys):
+    base = ["--path_y", "faces", "--deg", "colorization", "-i", "merge"]
+    assert run_cli(tiny, capsys, *base, "--subset_start", "0", "--subset_end", "1")[0] == 0
+    assert results(tiny, "merge")["summary"]["num_images"] == 1
+    assert run_cli(tiny, capsys, *base, "--subset_start", "1", "--subset_end", "3")[0] == 0
+    res = results(tiny, "merge")
+    assert res["summary"]["num_images"] == 3
+    assert res["summary"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in res["images"]]))
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# ------------------------------------------------------------------ bad input
+
+def _one_line(err):
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def kept(tiny):
+    """A finished run that every bad command below points at (-i kept): it must survive untouched."""
+    rc = cli.main(["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--steps", "3", *FAST,
+                   "--path_y", "faces", "--deg", "sr_averagepooling", "--subset_end", "1", "-i", "kept"])
+    assert rc == 0
+    (tiny.exp / "datasets" / "empty").mkdir()
+    _image(tiny.exp / "datasets" / "corrupt" / "good.png", (32, 32), 5)
+    (tiny.exp / "datasets" / "corrupt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+    np.save(tiny.root / "mask20.npy", np.ones((20, 20), dtype=np.uint8))
+    np.save(tiny.root / "mask_rect.npy", np.ones((32, 64), dtype=np.uint8))
+    (tiny.exp / "image_samples" / "a_file").write_text("not a folder")
+    cfg = yaml.safe_load(Path(tiny.config).read_text())
+    cfg["model"]["checkpoint"] = "logs/missing.ckpt"
+    (tiny.root / "nockpt.yml").write_text(yaml.safe_dump(cfg))
+    return folder(tiny, "kept").root
+
+
+BAD = {
+    "missing dataset": (["--path_y", "nowhere", "--deg", "sr_averagepooling"], "dataset folder not found"),
+    "empty dataset": (["--path_y", "empty", "--deg", "sr_averagepooling"], "no images"),
+    "corrupt image": (["--path_y", "corrupt", "--deg", "sr_averagepooling"], "broken.png"),
+    "unknown deg": (["--path_y", "faces", "--deg", "sr_magic"], "sr_magic"),
+    "bad SR factor": (["--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "3"], "deg_scale"),
+    "bad CS ratio": (["--path_y", "faces", "--deg", "cs_blockbased", "--deg_scale", "1.5"], "deg_scale"),
+    "negative sigma_y": (["--path_y", "faces", "--deg", "sr_averagepooling", "--sigma_y", "-0.1"], "--sigma_y"),
+    "bad eta": (["--path_y", "faces", "--deg", "sr_averagepooling", "--eta", "1.5"], "--eta"),
+    "noise type": (["--path_y", "faces", "--deg", "denoising", "-n", "poisson"], "poisson"),
+    "both EquS": (["--path_y", "faces", "--deg", "denoising", "--EquS", "--EquSplus"], "exclusive"),
+    "bad transform": (["--path_y", "faces", "--deg", "denoising", "--EquS", "--transform", "twirl"], "twirl"),
+    "bad subset": (["--path_y", "faces", "--deg", "denoising", "--subset_start", "5", "--subset_end", "9"], "subset"),
+    "mask size": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask20.npy"], "20x20"),
+    "mask shape": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask_rect.npy"], "32x64"),
+    "mask missing": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/none.npy"], "none.npy"),
+    "bad device": (["--path_y", "faces", "--deg", "denoising", "--device", "tpu9"], "tpu9"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_and_nothing_lost(tiny, kept, capsys, case):
+    args, needle = BAD[case]
+    args = [a.replace("{root}", str(tiny.root)) for a in args]
+    before = snapshot(kept)
+    rc, out, err = run_cli(tiny, capsys, *args, "-i", "kept")
+    assert rc == 2
+    line = _one_line(err)
+    assert line.startswith("error:") and needle in line, line
+    assert snapshot(kept) == before
+
+
+def test_missing_checkpoint(tiny, kept, capsys):
+    target = tiny.exp / "image_samples" / "ckpt_missing"
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "--ckpt",
+                         tiny.exp / "logs" / "nope.ckpt", "-i", "ckpt_missing")
+    assert rc == 2 and "nope.ckpt" in _one_line(err)
+    rc = cli.main(["--ni", "--config", str(tiny.root / "nockpt.yml"), "--exp", str(tiny.exp), *FAST,
+                   "--path_y", "faces", "--deg", "denoising", "-i", "ckpt_missing"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing.ckpt" in _one_line(err)
+    assert not target.exists()  # nothing written
+
+
+def test_output_path_is_a_file(tiny, kept, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "a_file")
+    assert rc == 2 and "is a file" in _one_line(err)
+    assert (tiny.exp / "image_samples" / "a_file").read_text() == "not a folder"
+
+
+def test_changed_settings_need_overwrite(tiny, kept, capsys):
+    before = snapshot(kept)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "--subset_end", "1",
+                         "--eta", "0.5", "-i", "kept")
+    line = _one_line(err)
+    assert rc == 2 and "eta: 0.85 -> 0.5" in line and "--overwrite" in line
+    assert snapshot(kept) == before
+
+
+def test_usage_error_is_one_line(tiny, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--config", tiny.config, "--deg", "denoising"])
+    assert exc.value.code == 2
+    assert "--path_y" in _one_line(capsys.readouterr().err)
+
+
+def test_entry_point_exit_status(tiny):
+    proc = subprocess.run([sys.executable, "main.py", "--config", tiny.config, "--path_y", "faces", "--exp",
+                           str(tiny.exp), "--deg", "denoising", "--sigma_y", "-1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert _one_line(proc.stderr).startswith("error: --sigma_y must be >= 0")
+
+
+# ------------------------------------------------------------------ metrics offline, device
+
+def test_offline_metrics_are_null_with_one_warning_each(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "--sigma_y", "0.1",
+                         "--add_noise", "--subset_end", "2", "-i", "offline", fast=False)
+    assert rc == 0, err
+    s = results(tiny, "offline")["summary"]
+    warnings = [l for l in err.splitlines() if l.startswith("warning:")]
+    if not metrics.backbone_cached("vgg"):
+        assert s["lpips"] is None and s["lpips_official"] is None
+        assert sum("LPIPS" in w for w in warnings) == 1
+    else:
+        assert s["lpips"] is not None and s["lpips_official"] is not None
+    if not metrics.backbone_cached("fid"):
+        assert s["fid"] is None and sum("FID" in w for w in warnings) == 1
+    assert s["num_images"] == 2 and np.isfinite(s["psnr"])
+
+
+def test_device_default_is_decided_at_run_time(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert restoration.resolve_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert restoration.resolve_device(None) == torch.device("cuda")
+    assert restoration.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_class_labels_come_from_the_list_file(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--config", tiny.config_imagenet, "--path_y", "imagenet", "--deg",
+                         "sr_bicubic", "-i", "inet_list")
+    assert rc == 0, err
+    imgs = results(tiny, "inet_list")["images"]
+    assert [(r["name"], r["label"], r["index"]) for r in imgs] == [
+        ("ILSVRC2012_val_00000001", 1, 0), ("ILSVRC2012_val_00000000", 0, 1)]
+
+
+# ------------------------------------------------------------------ evaluation.sh and docs
+
+def _evaluation_lines():
+    lines = []
+    for raw in (REPO / "evaluation.sh").read_text().splitlines():
+        if raw.startswith("python main.py"):
+            lines.append(shlex.split(raw)[2:])
+    return lines
+
+
+def _swap(args, tiny):
+    """The line with the model swapped for the tiny one (and made fast)."""
+    out = list(args)
+    i = out.index("--config")
+    out[i + 1] = tiny.config_imagenet if out[i + 1].startswith("imagenet") else tiny.config
+    return out + ["--exp", str(tiny.exp), "--steps", "2", "--subset_end", "1", *FAST]
+
+
+def test_evaluation_sh_holds_the_official_lines_and_the_paper_grid():
+    lines = [" ".join(l) for l in _evaluation_lines()]
+    official = [l for l in lines if "--sampler" not in l and "Equ" not in l]
+    assert len(official) >= 18
+    for deg in ("deblur_gauss", "cs_blockbased", "inpainting", "sr_bicubic", "colorization"):
+        for ds in ("celeba_hq.yml", "imagenet_256.yml"):
+            here = [l for l in lines if f"--deg {deg}" in l and ds in l and "--sigma_y 0." in l]
+            kinds = {("ddrm" if "--sampler ddrm" in l else "ddnm", "--EquSplus" in l) for l in here}
+            assert kinds == {("ddnm", False), ("ddnm", True), ("ddrm", False), ("ddrm", True)}, (deg, ds)
+    assert any("--add_noise" in l and "--sigma_y 0.2" in l for l in lines)
+    outputs = [l[l.index("-i") + 1] for l in _evaluation_lines()]
+    assert len(outputs) == len(set(outputs))  # no two experiments share a folder
+
+
+def test_evaluation_sh_lines_run(tiny, capsys):
+    """Every line as written (plain, and the official ones with --EquS / --EquSplus added)."""
+    lines = _evaluation_lines()
+    official = [l for l in lines if "--sampler" not in l and not any("EquS" in a for a in l)]
+    jobs = [(_swap(l, tiny), "") for l in lines]
+    jobs += [(_swap(l, tiny) + [flag], flag[2:]) for l in official for flag in ("--EquS", "--EquSplus")]
+    assert len(jobs) == len(lines) + 2 * len(official)
+    for args, suffix in jobs:
+        i = args.index("-i") + 1
+        args[i] = f"eval_{args[i]}_{suffix}"
+        rc = cli.main(args)
+        err = capsys.readouterr().err
+        assert rc == 0, (args, err)
+
+
+def test_docs_cover_every_flag():
+    docs = (REPO / "docs" / "cli.md").read_text()
+    for action in cli.build_parser()._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and opt != "--help":
+                assert f"`{opt}" in docs, opt
