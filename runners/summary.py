@@ -190,8 +190,9 @@ def render(runs: List[Dict]) -> str:
     for d in datasets:
         lines += table1(d, runs) + [""]
     noisy = [r for r in runs if r["noisy"]]
-    other = [r for r in runs if not r["noisy"] and (r["task"] not in TASKS or r["dataset"] not in PUBLISHED)]
-    for title, group in (("Noisy tasks (no published numbers)", noisy), ("Other tasks", other)):
+    other = [r for r in runs if not r["noisy"] and (r["task"] not in TASKS or r["dataset"] not in PUBLISHED
+                                                    or r["method"] not in METHODS)]
+    for title, group in (("Noisy tasks (no published numbers)", noisy), ("Other tasks and settings", other)):
         block = other_table(title, group)
         if block:
             lines += block + [""]

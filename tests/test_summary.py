@@ -94,6 +94,17 @@ def test_render_places_runs_and_paper_numbers(tmp_path):
     noisy = text.split("## Noisy tasks")[1].split("## Runs")[0]
     assert "sr_averagepooling 4, sigma_y 0.2" in noisy and "DDNM+" in noisy
     assert "| a | ImageNet | deblur (gauss) | DDNM | 10 |" in text
+    assert "## Other tasks" not in text
+
+
+def test_runs_outside_table1_are_listed(tmp_path):
+    root = tmp_path / "exp" / "image_samples"
+    _write_run(root, "s", "ImageNet", _settings(steps=20), (40.0, 0.95, 0.02))
+    _write_run(root, "t", "ImageNet", _settings(deg="deblur_aniso"), (41.0, 0.96, 0.02))
+    text = summary.render(summary.load_runs(sorted(root.iterdir())))
+    other = text.split("## Other tasks and settings")[1].split("## Runs")[0]
+    assert "| ImageNet | deblur (gauss) | DDNM [20 steps] | 40.00 / 0.950 / 0.020 |" in other
+    assert "| ImageNet | deblur_aniso | DDNM | 41.00 / 0.960 / 0.020 |" in other
 
 
 def test_cli_writes_file_and_errors_without_results(tmp_path, capsys):
