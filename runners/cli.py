@@ -144,6 +144,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted: finished images are kept; rerun the same command to resume", file=sys.stderr)
         return 130
     except _user_errors() as exc:
+        if LOG.isEnabledFor(logging.DEBUG):
+            import traceback
+
+            traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError)) and exc.filename:
             message = f"{exc.strerror or type(exc).__name__}: {exc.filename}"

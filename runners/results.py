@@ -142,6 +142,8 @@ def summarize(records: List[dict]) -> Dict:
     summary = {"num_images": len(records)}
     for key in METRIC_KEYS:
         summary[key] = mean_of(r.get(key) for r in records)
+    # images that have each metric (LPIPS/FID may be missing on some, e.g. computed offline and then online)
+    summary["metric_counts"] = {key: sum(r.get(key) is not None for r in records) for key in METRIC_KEYS}
     summary["nfe"] = records[0].get("nfe") if records else None
     summary["seconds_per_image"] = mean_of(r.get("seconds") for r in records)
     summary["baseline"] = {key: mean_of((r.get("baseline") or {}).get(key) for r in records) for key in METRIC_KEYS}
