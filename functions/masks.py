@@ -30,7 +30,7 @@ def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def default_mask(size: int = 256) -> torch.Tensor:
-    """Deterministic default mask: three strokes and two blobs removed, about 22% of the pixels."""
+    """Deterministic default mask: three strokes and two blobs removed, about 26% of the pixels."""
     c = (torch.arange(size, dtype=torch.float64) + 0.5) / size
     v, u = torch.meshgrid(c, c, indexing="ij")       # v: down, u: right, both in (0, 1)
     missing = torch.zeros(size, size, dtype=torch.bool)
@@ -44,11 +44,11 @@ def default_mask(size: int = 256) -> torch.Tensor:
     def blob(cu, cv, ru, rv):
         return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1
 
-    missing |= stroke((0.08, 0.12), (0.45, 0.38), 0.035)
-    missing |= stroke((0.62, 0.10), (0.90, 0.52), 0.030)
-    missing |= (v - (0.62 + 0.06 * torch.sin(4 * math.pi * u))).abs() <= 0.022
-    missing |= blob(0.28, 0.82, 0.10, 0.14)
-    missing |= blob(0.78, 0.84, 0.13, 0.08)
+    missing |= stroke((0.08, 0.12), (0.45, 0.38), 0.045)
+    missing |= stroke((0.62, 0.10), (0.90, 0.52), 0.040)
+    missing |= (v - (0.62 + 0.06 * torch.sin(4 * math.pi * u))).abs() <= 0.030
+    missing |= blob(0.28, 0.82, 0.12, 0.15)
+    missing |= blob(0.78, 0.84, 0.15, 0.10)
     return ~missing
 
 

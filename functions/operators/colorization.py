@@ -26,7 +26,7 @@ class Colorization(SVDOperator):
         U, S, V = reference_svd(w, dtype)
         self._u = float(U[0, 0])
         self._V_small = self._t(V)
-        self._w = self._t(w[0].double())
+        self._w = self._t(U[0, 0] * S[0] * V[:, 0])   # = the weights, exactly u s v_1 of the factors
         self._s = self._t(S[:1]).repeat(image_size ** 2)
 
     def singulars(self):
