@@ -15,9 +15,15 @@ Conventions (those of DDRM's `H_funcs`, which DDRM and DDNM call):
 lambda_mode:
 - "svd": Lambda and Lambda_noise from this operator's own SVD (formulas below);
 - "reference": where the reference has DDNM+ formulas for the operator
-  (`has_reference_lambda`), reproduce them, including their defects (see
-  `functions/operators/deblur.py` and the subclasses' `_reference_*` hooks);
-  elsewhere the SVD formulas.
+  (`has_reference_lambda`: all but sr_bicubic, deblur_aniso, cs_blockbased),
+  reproduce them, defects included, through two hooks: `_reference_noise_coords`
+  (the reference's Lambda_noise scales its inputs without the rotation V^T --
+  raw patches, channels, pixels -- wherever V is more than a permutation:
+  sr_averagepooling, colorization, cs_walshhadamard, deblur_uni/gauss) and
+  `_reference_lambda_singulars` (deblur_uni/gauss: other singular values than
+  A^+ uses, see deblur.py, the one case where this breaks DDNM+); elsewhere the
+  SVD formulas. The per-coordinate formulas below are the same in both modes
+  (but for denoising's noise term at sigma_y = 0, see denoising.py).
 
 The formulas, per spectral coordinate i with singular value s_i (0 beyond m),
 when a != 0 and sigma_y != 0 (otherwise Lambda = I and the noise is DDIM's):
@@ -41,8 +47,8 @@ Scalar = Union[float, torch.Tensor]
 def single_thread():
     """Run small dense factorizations on one thread: on a shared few-core CPU the
     OpenMP start-up and contention of a 256 x 256 SVD cost more than its arithmetic
-    (13 ms on one thread, up to seconds on two busy ones), and one thread gives the
-    same LAPACK result on every machine."""
+    (13 ms on one thread, up to seconds on two busy ones), and the result then does
+    not depend on the thread count."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

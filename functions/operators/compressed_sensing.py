@@ -128,12 +128,12 @@ class WalshHadamardCS(SVDOperator):
 
     def _order(self, T):
         B, C = T.shape[0], self.channels
-        return T.reshape(B, C, -1)[:, :, self.perm].permute(0, 2, 1).reshape(B, -1)
+        return T.reshape(B, C, -1).index_select(2, self.perm).permute(0, 2, 1).reshape(B, -1)
 
     def _unorder(self, v):
         v = self._flat(v)
         B, C, n = v.shape[0], self.channels, self.image_size
-        return v.reshape(B, n * n, C).permute(0, 2, 1)[:, :, self._perm_inv].reshape(B, C, n, n)
+        return v.reshape(B, n * n, C).permute(0, 2, 1).index_select(2, self._perm_inv).reshape(B, C, n, n)
 
     def Vt(self, x):
         return self._order(self.fwht(self._image(x)))

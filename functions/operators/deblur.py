@@ -118,13 +118,13 @@ class SeparableBlur(SVDOperator):
     # spectral coordinates: (B, C, H, W) grid <-> sorted, pixel-major, channels interleaved
     def _to_vec(self, T):
         B, C = T.shape[0], self.channels
-        return T.reshape(B, C, -1)[:, :, self._perm].permute(0, 2, 1).reshape(B, -1)
+        return T.reshape(B, C, -1).index_select(2, self._perm).permute(0, 2, 1).reshape(B, -1)
 
     def _to_grid(self, v):
         v = self._flat(v)
         B, C, n = v.shape[0], self.channels, self.image_size
         t = v.reshape(B, n * n, C).permute(0, 2, 1)
-        return t[:, :, self._perm_inv].reshape(B, C, n, n)
+        return t.index_select(2, self._perm_inv).reshape(B, C, n, n)
 
     def Vt(self, x):
         return self._to_vec(self._Vr.T @ self._image(x) @ self._Vc)

@@ -43,8 +43,8 @@ class Inpainting(SVDOperator):
     def Vt(self, x):
         p = self._pixels(x)
         B = p.shape[0]
-        kept = p[:, self._kept, :].reshape(B, -1)
-        missing = p[:, self._missing, :].permute(0, 2, 1).reshape(B, -1)
+        kept = p.index_select(1, self._kept).reshape(B, -1)
+        missing = p.index_select(1, self._missing).permute(0, 2, 1).reshape(B, -1)
         return torch.cat([kept, missing], dim=1)
 
     def V(self, v):
@@ -57,7 +57,7 @@ class Inpainting(SVDOperator):
 
     def A(self, x):
         p = self._pixels(x)
-        return p[:, self._kept, :].reshape(p.shape[0], -1)
+        return p.index_select(1, self._kept).reshape(p.shape[0], -1)
 
     def At(self, y):
         y = self._flat(y)
