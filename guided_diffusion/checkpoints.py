@@ -57,8 +57,18 @@ SOURCES: Dict[str, CheckpointSource] = {
 _CHUNK = 1 << 20
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def default_checkpoint_path(config: Any, exp: Union[str, Path] = "exp") -> Path:
-    """<exp>/<model.checkpoint>, e.g. exp/logs/celeba/celeba_hq.ckpt."""
+    """<exp>/<model.checkpoint>, e.g. exp/logs/celeba/celeba_hq.ckpt.
+
+    A config whose weights ship inside the repository (the demo prior) names them
+    with `model.bundled_checkpoint`, a path relative to the repository root.
+    """
+    bundled = cfg_get(cfg_section(config, "model"), "bundled_checkpoint", None)
+    if bundled:
+        return REPO_ROOT / bundled
     rel = cfg_get(cfg_section(config, "model"), "checkpoint", None)
     if not rel:
         raise CheckpointError("config has no model.checkpoint; pass the checkpoint file explicitly")

@@ -49,8 +49,16 @@ class ImageItem:
 
 
 def resolve_root(path_y: str, exp: str) -> Path:
-    """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path."""
+    """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path.
+
+    The demo's sets (`demo`, `demo_train`) are written from scikit-image's bundled
+    photographs on first use (runners/demo_data.py).
+    """
     candidates = [Path(exp) / "datasets" / path_y, Path(path_y)]
+    if path_y in ("demo", "demo_train") and not candidates[0].is_dir():
+        from runners.demo_data import materialise_demo_sets
+
+        materialise_demo_sets(exp)
     for c in candidates:
         if c.is_dir():
             return c
