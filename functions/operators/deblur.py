@@ -67,11 +67,18 @@ def conv_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class SeparableBlur(SVDOperator):
-    """A_rows X A_cols^T per channel with the reference's truncation and singular-value order."""
+    """A_rows X A_cols^T per channel with the reference's truncation and singular-value order.
+
+    svd_factors: ((U, S, V) of the rows matrix, (U, S, V) of the columns matrix), as
+    `reference_svd` returns them, to inject the 1-D factors instead of computing
+    them. The reference operator depends on LAPACK's choice of basis inside
+    near-degenerate singular pairs (deblur_gauss at 64: 0.2146205 / 0.2146194), which
+    float32 fixes only to ~eps / gap; injecting factors reproduces another machine's.
+    """
 
     def __init__(self, name: str, kernel_rows: torch.Tensor, kernel_cols: torch.Tensor, image_size: int,
                  channels: int, device="cpu", dtype=torch.float32, lambda_mode: str = "reference",
-                 blur_svd: str = "reference", reference_lambda: bool = False):
+                 blur_svd: str = "reference", reference_lambda: bool = False, svd_factors=None):
         super().__init__(image_size, channels, device, dtype, lambda_mode)
         if blur_svd not in BLUR_SVD_MODES:
             raise ValueError(f"blur_svd must be one of {BLUR_SVD_MODES}, got {blur_svd!r}")
@@ -81,9 +88,12 @@ class SeparableBlur(SVDOperator):
         n, C = image_size, channels
         self.kernel_rows = kernel_rows.detach().float().cpu()
         self.kernel_cols = kernel_cols.detach().float().cpu()
-        Ur, Sr, Vr = reference_svd(conv_matrix(self.kernel_rows, n), dtype)
-        same = torch.equal(self.kernel_rows, self.kernel_cols)
-        Uc, Sc, Vc = (Ur, Sr, Vr) if same else reference_svd(conv_matrix(self.kernel_cols, n), dtype)
+        if svd_factors is None:
+            Ur, Sr, Vr = reference_svd(conv_matrix(self.kernel_rows, n), dtype)
+            same = torch.equal(self.kernel_rows, self.kernel_cols)
+            Uc, Sc, Vc = (Ur, Sr, Vr) if same else reference_svd(conv_matrix(self.kernel_cols, n), dtype)
+        else:
+            (Ur, Sr, Vr), (Uc, Sc, Vc) = svd_factors
         self._Ur, self._Vr, self._Uc, self._Vc = (self._t(M) for M in (Ur, Vr, Uc, Vc))
 
         # 2-D singular values in float32 as the reference forms and sorts them
@@ -96,20 +106,18 @@ class SeparableBlur(SVDOperator):
         self._perm_inv = torch.empty_like(perm)
         self._perm_inv[perm] = torch.arange(perm.numel())
         self._perm_inv = self._perm_inv.to(self.device)
-        sorted_s = sorted_s.double()
         if blur_svd == "reference":
             s = sorted_s.repeat(C)                       # coordinate q gets sorted[q mod HW]
         else:
             s = sorted_s.repeat_interleave(C)            # coordinate p*C + c gets sorted[p]
         self._s = self._t(s)
-        # the same singular values on the (C, H, W) grid of V_r^T X V_c
-        grid = torch.empty(C, n * n, dtype=torch.float64)
+        # the same singular values on the (C, H, W) grid of V_r^T X V_c (float32 holds them exactly)
+        grid = torch.empty(C, n * n, dtype=torch.float32)
         grid[:, perm] = s.reshape(n * n, C).T
         self._grid = self._t(grid.reshape(C, n, n))
-        self._grid_pinv = self._t(torch.where(grid > 0, 1 / torch.where(grid > 0, grid, torch.ones_like(grid)),
-                                              torch.zeros_like(grid)).reshape(C, n, n))
+        self._grid_pinv = torch.where(self._grid > 0, self._grid.reciprocal(), torch.zeros_like(self._grid))
         # what the reference's Lambda / Lambda_noise use: matched, untruncated, per pixel position
-        orig = (sr_orig[:, None] * sc_orig[None, :]).reshape(-1)[perm].double()
+        orig = (sr_orig[:, None] * sc_orig[None, :]).reshape(-1)[perm]
         self._s_lambda_ref = self._t(orig.repeat_interleave(C))
 
     def singulars(self):
