@@ -1,5 +1,4 @@
 """UNetModel against guided-diffusion: fixture outputs (fp32 and fp16 body), real checkpoint layouts, options."""
-import copy
 import json
 import math
 from pathlib import Path
