@@ -15,8 +15,6 @@ columns; A, A^T and A^+ are two small matrix products per channel.
 Reference Lambda_noise for average pooling scales the raw patch pixels where the
 SVD formula scales V_small^T times them (see `_reference_noise_coords`).
 """
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,7 +103,7 @@ def bicubic_kernel(factor: int, a: float = -0.5) -> torch.Tensor:
         return 0.0
 
     taps = 4 * factor
-    k = np.array([cubic((i - math.floor(taps / 2) + 0.5) / factor) for i in range(taps)])
+    k = np.array([cubic((1 / factor) * (i - np.floor(taps / 2) + 0.5)) for i in range(taps)])
     k = torch.from_numpy(k / k.sum()).float()
     return k / k.sum()
 
