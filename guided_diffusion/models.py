@@ -72,9 +72,13 @@ class EpsModel(nn.Module):
     - dtype: None follows the config (float16 body on CUDA when `use_fp16: true`, else float32);
       "fp16"/"bf16" force it. guided-diffusion's UNet gets its body convolutions converted
       (the reference's use_fp16); the simple UNet runs under torch.autocast.
+    - speed only (results equal up to float rounding): `channels_last` stores the weights and
+      feeds the input in NHWC, which tensor-core convolutions prefer; `compile` runs the
+      network through torch.compile (built on the first call, after any precision change).
     """
 
-    def __init__(self, model: nn.Module, config: Any, dtype: Union[None, str, torch.dtype] = None):
+    def __init__(self, model: nn.Module, config: Any, dtype: Union[None, str, torch.dtype] = None, *,
+                 channels_last: bool = False, compile: bool = False):
         super().__init__()
         m = cfg_section(config, "model")
         self.model = model
@@ -85,6 +89,20 @@ class EpsModel(nn.Module):
         self.eps_channels = int(cfg_get(m, "out_channels", cfg_get(m, "out_ch", 3)))
         if self.requested_dtype is not None:
             self._prepare_body(self.requested_dtype)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.compile = bool(compile)
+        # kept out of nn.Module's registry so that state_dict() holds each weight once
+        object.__setattr__(self, "_compiled", None)
+
+    def _network(self) -> nn.Module:
+        """The module to call: the network itself, or its torch.compile'd version."""
+        if not self.compile:
+            return self.model
+        if self._compiled is None:
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+        return self._compiled
 
     def compute_dtype(self, device: torch.device) -> torch.dtype:
         """The precision used on `device`."""
@@ -104,19 +122,21 @@ class EpsModel(nn.Module):
         if not self.class_cond and y is not None:
             raise ValueError("this model is unconditional: y (class labels) must be None")
         x = x.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         dtype = self.compute_dtype(x.device)
         if isinstance(self.model, UNetModel):
             self._prepare_body(dtype)
-            out = self.model(x, t, y.to(x.device) if y is not None else None)
+            out = self._network()(x, t, y.to(x.device) if y is not None else None)
         elif dtype == torch.float32:
-            out = self.model(x, t)
+            out = self._network()(x, t)
         else:
             with torch.autocast(device_type=x.device.type, dtype=dtype):
-                out = self.model(x, t)
+                out = self._network()(x, t)
         out = out.float()
         if self.learn_sigma:
             out = out[:, : self.eps_channels]
-        return out
+        return out.contiguous() if self.channels_last else out

@@ -81,7 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--schedule", choices=("uniform", "tas", "tas_dedup"), default=None,
                    help="timestep schedule (default: uniform; tas with --EquSplus)")
     n.add_argument("--batch_size", type=int, default=None, help="images per batch (default: sampling.batch_size of the config)")
-    n.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    n.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu; under torchrun cuda:LOCAL_RANK)")
+    n.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="network precision: auto = the config's use_fp16 on CUDA (guided-diffusion's fp16 body), "
+                        "else fp32; fp16 / bf16 force it for either UNet (the sampler stays fp32)")
+    n.add_argument("--channels_last", action="store_true",
+                   help="run the network in channels-last (NHWC) layout (faster tensor-core convolutions)")
+    n.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (slow first batch, faster afterwards)")
     n.add_argument("--mask", default=None,
                    help="inpainting mask: .npy or image file (1/bright = kept; square, side = image size or a "
                         "multiple), or random:R / box:R; default <exp>/inp_masks/mask.npy if present, else the "

@@ -14,8 +14,16 @@ sibling modules. Two phases:
 Randomness is per image and independent of batching: image i (its index in the
 dataset's full order) samples with seed `seed*100003 + i` (x_T and every
 sampler draw) and draws its measurement noise from a CPU generator seeded with
-`seed*100003 + i + 2**32`, so a subset, a resumed run, or a different batch
-size gives the same result for that image (on the same device type).
+`seed*100003 + i + 2**32`, so a subset, a resumed run, a different batch size
+or a different number of processes gives the same result for that image (on
+the same device type; batched convolution kernels may differ from batch-1 ones
+in the last float bits).
+
+Under torchrun (runners/distributed.py) every rank plans the same run, rank 0
+decides which images are still pending, each rank restores its share, and rank
+0 merges all records into results.json after the others are done. Nothing is
+read back from the device inside the sampling loop; the runner syncs once per
+batch (timing, metrics, saving).
 """
 import hashlib
 import json
@@ -33,7 +41,7 @@ from typing import Dict, List, Optional
 import torch
 
 from functions import metrics
-from runners import data
+from runners import data, distributed
 from runners.errors import InputError
 from functions.noise import seed_for
 from runners.results import (OutputFolder, atomic_write_json, atomic_write_text, read_json, results_txt, save_image,
@@ -42,6 +50,7 @@ from runners.results import (OutputFolder, atomic_write_json, atomic_write_text,
 LOG = logging.getLogger("equs")
 NOISE_Y_SEED_OFFSET = 2 ** 32
 GRID_ROWS = 8
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 SAMPLE_FOLDER = "image_samples"
 
 
@@ -62,6 +71,7 @@ class Plan:
     fingerprint: str
     batch_size: int
     notes: List[str] = field(default_factory=list)
+    dist: distributed.Context = field(default_factory=distributed.Context)
 
 
 # ---------------------------------------------------------------- phase 1: plan
@@ -103,6 +113,15 @@ def _check_flags(args) -> None:
         raise InputError(f"--timesteps {args.timesteps} and --steps {args.steps} disagree; give one")
     if args.deg_scale is not None and args.deg_scale != args.deg_scale:
         raise InputError("--deg_scale must be a number (got nan)")
+
+
+def _check_speed_flags(args, device: torch.device) -> None:
+    dtype = getattr(args, "dtype", "auto")
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError(f"--dtype bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                         f"use fp16 or fp32")
 
 
 MASK_SPECS = ("random:", "box:")
@@ -203,15 +222,19 @@ def _sampler_config(args, config):
     return cfg
 
 
-def make_plan(args, argv: List[str]) -> Plan:
-    """Check every input and build the operator; writes nothing, loads no network."""
+def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
+    """Check every input and build the operator; writes nothing, loads no network.
+
+    device_name: the device to use instead of --device (a torchrun rank's cuda:LOCAL_RANK).
+    """
     from guided_diffusion.models import load_config
 
     _check_flags(args)
     config = load_config(args.config)
     data_cfg = config.get("data", {}) or {}
     image_size, channels = int(data_cfg.get("image_size", 256)), int(data_cfg.get("channels", 3))
-    device = resolve_device(args.device)
+    device = resolve_device(args.device if device_name is None else device_name)
+    _check_speed_flags(args, device)
     sampler_cfg = _sampler_config(args, config)
 
     items = data.build_dataset(args.path_y, args.exp, config, args.subset_start, args.subset_end)
@@ -251,16 +274,34 @@ def make_plan(args, argv: List[str]) -> Plan:
 # ---------------------------------------------------------------- phase 2: execute
 
 def load_eps_model(plan: Plan):
-    """The network as eps(x, t), class labels bound for class-conditional models."""
+    """The network as eps(x, t) in the precision and layout the flags ask for."""
     from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
     from guided_diffusion.models import EpsModel, build_model
 
-    path = resolve_checkpoint(plan.config, exp=plan.args.exp, override=plan.args.ckpt)
+    args = plan.args
+    path = resolve_checkpoint(plan.config, exp=args.exp, override=args.ckpt)
     model = build_model(plan.config)
     load_weights(model, path)
     model = model.to(plan.device).eval().requires_grad_(False)
-    LOG.info(f"model: {path}")
-    return EpsModel(model, plan.config), str(path)
+    dtype = getattr(args, "dtype", "auto")
+    eps_model = EpsModel(model, plan.config, dtype=None if dtype == "auto" else dtype,
+                         channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False))
+    if plan.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    LOG.info(f"model: {path} ({_precision(eps_model, plan.device)})")
+    return eps_model, str(path)
+
+
+def _precision(eps_model, device: torch.device) -> Optional[str]:
+    """What the network computes in, e.g. 'float16' or 'float32, channels_last, compiled'."""
+    if not hasattr(eps_model, "compute_dtype"):
+        return None
+    parts = [str(eps_model.compute_dtype(device)).replace("torch.", "")]
+    if getattr(eps_model, "channels_last", False):
+        parts.append("channels_last")
+    if getattr(eps_model, "compile", False):
+        parts.append("compiled")
+    return ", ".join(parts)
 
 
 def _bind_labels(eps_model, labels: Optional[torch.Tensor]):
@@ -279,11 +320,15 @@ def _to01(x: torch.Tensor) -> torch.Tensor:
 
 
 def _metric_block(restored01, original01, lp: metrics.LPIPSMetric, cons) -> List[Dict]:
+    """Per-image metrics of a batch; each tensor is read back once (one sync per metric, per batch)."""
     p = metrics.psnr(restored01, original01).tolist()
     s = metrics.ssim(restored01, original01)
     lc, lo = lp.correct(restored01, original01), lp.official(restored01, original01)
-    return [{"psnr": p[i], "ssim": s[i], "lpips": None if lc is None else lc[i].item(),
-             "lpips_official": None if lo is None else lo[i].item(), "consistency": cons[i].item()}
+    lc = None if lc is None else lc.reshape(-1).tolist()
+    lo = None if lo is None else lo.reshape(-1).tolist()
+    cons = cons.reshape(-1).tolist()
+    return [{"psnr": p[i], "ssim": s[i], "lpips": None if lc is None else lc[i],
+             "lpips_official": None if lo is None else lo[i], "consistency": cons[i]}
             for i in range(len(p))]
 
 
@@ -371,6 +416,8 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
         "comment": plan.args.comment or None,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(plan.device),
+        "world_size": plan.dist.world_size,
+        "precision": sorted({r["precision"] for r in records if r.get("precision")}),
         "settings": plan.settings,
         "fingerprint": plan.fingerprint,
         "sampler": plan.sampler_cfg.to_dict(),
@@ -397,52 +444,89 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
     return results
 
 
-def execute(plan: Plan) -> Dict:
-    args, out = plan.args, plan.out
+def execute(plan: Plan) -> Optional[Dict]:
+    """Restore the pending images (this rank's share) and, on rank 0, rebuild the results.
+
+    Returns results.json's content on rank 0, None on the other ranks.
+    """
+    args, out, ctx = plan.args, plan.out, plan.dist
     previous = read_json(out.run_json)
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         changes = settings_diff(previous.get("settings", {}), plan.settings)
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
                          f"add --overwrite to replace them or choose another -i")
-    done = {} if args.overwrite else {r["name"]: r for r in _finished_records(out, plan.fingerprint)}
-    pending = [it for it in plan.items if it.name not in done]
+    # Rank 0 alone reads the records and tells the others what is left, so that every rank
+    # shards the very same list (a rank starting late must not see another's fresh records).
+    state = None
+    if ctx.is_main:
+        done = {} if args.overwrite else {r["name"]: r for r in _finished_records(out, plan.fingerprint)}
+        state = ([it.name for it in plan.items if it.name not in done], [r.get("psnr") for r in done.values()])
+    pending_names, earlier_psnr = ctx.broadcast(state)
+    by_name = {it.name: it for it in plan.items}
+    pending = [by_name[name] for name in pending_names]
+    mine = ctx.shard(pending)
     for note in plan.notes:
         LOG.info(note)
     LOG.info(f"{len(plan.items)} images, {len(plan.items) - len(pending)} already done; output: {out.root}")
+    if ctx.world_size > 1:
+        LOG.info(f"{ctx.world_size} processes ({ctx.backend}); {len(mine)} image(s) on rank {ctx.rank} ({plan.device})")
 
-    eps_model, model_path = (None, (previous or {}).get("checkpoint"))
-    if pending:
-        eps_model, model_path = load_eps_model(plan)  # a missing checkpoint fails here, before any write
-    if args.overwrite:
-        out.clear()
-    out.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
-                                     "checkpoint": model_path,
-                                     "command": "python main.py " + shlex.join(plan.argv)})
-    if pending:
-        _restore_all(plan, eps_model, pending, [r.get("psnr") for r in done.values()])
+    # The first process on each node resolves (and if need be downloads) the checkpoint before
+    # the others look for it; a missing checkpoint fails here, before any write.
+    eps_model, model_path = None, (previous or {}).get("checkpoint")
+    first_on_node = ctx.local_rank == 0
+    if pending and first_on_node and (mine or ctx.is_main):
+        eps_model, model_path = load_eps_model(plan)
+    ctx.barrier()
+    if pending and not first_on_node and mine:
+        eps_model, model_path = load_eps_model(plan)
+    ctx.barrier()  # every rank has read the folder's state before rank 0 changes it
+
+    if ctx.is_main:
+        if args.overwrite:
+            out.clear()
+        out.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
+                                         "checkpoint": model_path,
+                                         "command": "python main.py " + shlex.join(plan.argv)})
+    ctx.barrier()
+    if mine:
+        _restore_all(plan, eps_model, mine, earlier_psnr if ctx.is_main else [], len(pending))
+    written = [name for names in ctx.all_gather([it.name for it in mine]) for name in names]
+    if not ctx.is_main:
+        return None
     results = finalize(plan, model_path, fid=not args.no_fid)
-    s = results["summary"]
-    LOG.info(results_txt(s).rstrip())
+    missing = sorted(set(written) - {r["name"] for r in results["images"]})
+    if missing:
+        LOG.warning(f"warning: {len(missing)} image(s) restored by other ranks are not visible here "
+                    f"(e.g. {missing[0]}); the output folder must be shared by all nodes")
+    LOG.info(results_txt(results["summary"]).rstrip())
     return results
 
 
-def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_psnr: List[float]) -> None:
+def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_psnr: List[float],
+                 total_pending: int) -> None:
+    """Restore `pending` (this rank's share) batch by batch, saving each image and its record."""
     import tqdm
 
     from functions.diffusion import make_betas
     from functions.noise import PerImageNoise
     from functions.samplers import restore
 
-    args, out, op, device = plan.args, plan.out, plan.op, plan.device
+    args, out, op, device, ctx = plan.args, plan.out, plan.op, plan.device, plan.dist
     betas = make_betas(plan.config.get("diffusion", {}))
     lp = metrics.LPIPSMetric(None if args.lpips_net == "none" else args.lpips_net, device, warn=_warn)
     class_cond = bool((plan.config.get("model", {}) or {}).get("class_cond", False))
     sigma_model = 2.0 * args.sigma_y
     psnrs = [p for p in earlier_psnr if p is not None]
+    precision = _precision(eps_model, device)
 
-    bar = tqdm.tqdm(total=len(plan.items), initial=len(plan.items) - len(pending), unit="img",
-                    dynamic_ncols=True, file=sys.stderr)
+    if ctx.world_size == 1:
+        bar = tqdm.tqdm(total=len(plan.items), initial=len(plan.items) - total_pending, unit="img",
+                        dynamic_ncols=True, file=sys.stderr)
+    else:  # one bar, rank 0's share; the other ranks stay quiet
+        bar = tqdm.tqdm(total=len(pending), unit="img", dynamic_ncols=True, file=sys.stderr,
+                        disable=not ctx.is_main)
     try:
         for start in range(0, len(pending), plan.batch_size):
             batch = pending[start:start + plan.batch_size]
@@ -466,7 +550,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
             with torch.no_grad():
                 result = restore(_bind_labels(eps_model, labels), op, y, betas, plan.sampler_cfg,
                                  seeds=[seed_for(args.seed, it.index) for it in batch])
-            _sync(device)
+            _sync(device)  # the one wait per batch: the sampling loop itself never reads back
             seconds = (time.perf_counter() - t0) / len(batch)
 
             x0 = result.x0.reshape(x.shape)
@@ -474,14 +558,16 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
             with torch.no_grad():
                 scores = _metric_block(rest01, x01, lp, metrics.consistency(op, x0, y))
                 base = _metric_block(apy01, x01, lp, metrics.consistency(op, apy, y))
+            apy_h, x01_h, rest_h = apy01.cpu(), x01.cpu(), rest01.cpu()  # one copy per batch
             for i, it in enumerate(batch):
-                save_image(out.apy(it.name), apy01[i])
-                save_image(out.orig(it.name), x01[i])
-                save_image(out.restored(it.name), rest01[i])
+                save_image(out.apy(it.name), apy_h[i])
+                save_image(out.orig(it.name), x01_h[i])
+                save_image(out.restored(it.name), rest_h[i])
                 out.write_record({
                     "name": it.name, "index": it.index, "source": str(it.path), "label": it.label,
                     "seed": seed_for(args.seed, it.index), **scores[i], "nfe": int(result.nfe),
-                    "seconds": seconds, "baseline": base[i], "device": str(device),
+                    "seconds": seconds, "baseline": base[i], "device": str(device), "precision": precision,
+                    "batch_size": len(batch), "rank": ctx.rank, "world_size": ctx.world_size,
                     "fingerprint": plan.fingerprint,
                 })
                 if scores[i]["psnr"] is not None:
@@ -494,5 +580,14 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
         bar.close()
 
 
-def run(args, argv: List[str]) -> Dict:
-    return execute(make_plan(args, argv))
+def run(args, argv: List[str]) -> Optional[Dict]:
+    """Plan and execute; under torchrun, as one rank of the process group."""
+    ctx = distributed.env_context()
+    plan = make_plan(args, argv, device_name=distributed.rank_device(args.device, ctx))
+    if not ctx.is_main:
+        LOG.setLevel(max(LOG.level, logging.WARNING))  # one voice: rank 0 reports, others only warn
+    plan.dist = distributed.setup(ctx, plan.device)
+    try:
+        return execute(plan)
+    finally:
+        distributed.teardown(plan.dist)

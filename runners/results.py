@@ -15,8 +15,8 @@ Every file is written to a temporary name in the same folder and moved into
 place with os.replace, so a kill leaves either the old file or the new one.
 An image's record is written last, after its images: a record means the image
 is finished. Rerunning the same command skips recorded images; results.json is
-always rebuilt from the records, so records from several processes (a future
-sharded run) merge by simply sharing the folder.
+always rebuilt from the records, so records from several processes (a torchrun
+run, see runners/distributed.py) merge by simply sharing the folder.
 """
 import io
 import json
