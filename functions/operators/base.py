@@ -81,6 +81,22 @@ def _orthonormalise(Q: torch.Tensor) -> torch.Tensor:
     return q * signs
 
 
+def interleaved_index(pixels: torch.Tensor, channels: int, hw: int) -> torch.Tensor:
+    """Flat gather indices of "take these pixels, channels interleaved".
+
+    For x of shape (B, C*hw) (channel-major), x[:, idx] has entry p*C + c equal to
+    x[c, pixels[p]]. One gather instead of an index and a transposing copy.
+    """
+    return (torch.arange(channels, device=pixels.device)[None, :] * hw + pixels[:, None]).reshape(-1)
+
+
+def inverse_index(idx: torch.Tensor) -> torch.Tensor:
+    """inv with inv[idx] = arange: gathering with it undoes gathering with the permutation idx."""
+    inv = torch.empty_like(idx)
+    inv[idx] = torch.arange(idx.numel(), device=idx.device)
+    return inv
+
+
 def _scalar(v: Scalar, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device and dtype; tensors stay on device (no host sync)."""
     if isinstance(v, torch.Tensor):

@@ -24,7 +24,7 @@ which only Vt / V / Lambda need, on first use.
 import numpy as np
 import torch
 
-from .base import SVDOperator, single_thread
+from .base import SVDOperator, interleaved_index, inverse_index, single_thread
 
 BLOCK = 32
 
@@ -107,9 +107,9 @@ class WalshHadamardCS(SVDOperator):
             raise ValueError(f"cs_walshhadamard perm must be a permutation of range({HW}), "
                              f"got shape {tuple(perm.shape)}")
         self.perm = perm.to(self.device)
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(HW)
-        self._perm_inv = inv.to(self.device)
+        self._idx = interleaved_index(self.perm, self.channels, HW)
+        self._inv = inverse_index(self._idx)
+        self._idx_m = self._idx[: self._m].contiguous()
 
     def singulars(self):
         return self._s
@@ -127,13 +127,12 @@ class WalshHadamardCS(SVDOperator):
         return t.reshape(shape)
 
     def _order(self, T):
-        B, C = T.shape[0], self.channels
-        return T.reshape(B, C, -1).index_select(2, self.perm).permute(0, 2, 1).reshape(B, -1)
+        return T.reshape(T.shape[0], -1).index_select(1, self._idx)
 
     def _unorder(self, v):
         v = self._flat(v)
-        B, C, n = v.shape[0], self.channels, self.image_size
-        return v.reshape(B, n * n, C).permute(0, 2, 1).index_select(2, self._perm_inv).reshape(B, C, n, n)
+        n = self.image_size
+        return v.index_select(1, self._inv).reshape(v.shape[0], self.channels, n, n)
 
     def Vt(self, x):
         return self._order(self.fwht(self._image(x)))
@@ -142,10 +141,14 @@ class WalshHadamardCS(SVDOperator):
         return self.fwht(self._unorder(v))
 
     def A(self, x):
-        return self.Vt(x)[:, : self._m]
+        T = self.fwht(self._image(x))
+        return T.reshape(T.shape[0], -1).index_select(1, self._idx_m)
 
     def At(self, y):
-        return self.V(self.add_zeros(y))
+        y = self._flat(y)
+        n = self.image_size
+        flat = y.new_zeros(y.shape[0], self.N).index_copy_(1, self._idx_m, y)
+        return self.fwht(flat.reshape(y.shape[0], self.channels, n, n))
 
     def A_pinv(self, y):
         return self.At(y)

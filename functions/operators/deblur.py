@@ -37,7 +37,7 @@ side. No (CHW)^2 matrix anywhere.
 """
 import torch
 
-from .base import SVDOperator, reference_svd
+from .base import SVDOperator, interleaved_index, inverse_index, reference_svd
 
 TRUNCATE_BELOW = 3e-2
 BLUR_SVD_MODES = ("reference", "matched")
@@ -103,9 +103,8 @@ class SeparableBlur(SVDOperator):
         sc[sc < TRUNCATE_BELOW] = 0
         sorted_s, perm = (sr[:, None] * sc[None, :]).reshape(-1).sort(descending=True)
         self._perm = perm.to(self.device)
-        self._perm_inv = torch.empty_like(perm)
-        self._perm_inv[perm] = torch.arange(perm.numel())
-        self._perm_inv = self._perm_inv.to(self.device)
+        self._idx = interleaved_index(self._perm, C, n * n)
+        self._inv = inverse_index(self._idx)
         if blur_svd == "reference":
             s = sorted_s.repeat(C)                       # coordinate q gets sorted[q mod HW]
         else:
@@ -125,14 +124,12 @@ class SeparableBlur(SVDOperator):
 
     # spectral coordinates: (B, C, H, W) grid <-> sorted, pixel-major, channels interleaved
     def _to_vec(self, T):
-        B, C = T.shape[0], self.channels
-        return T.reshape(B, C, -1).index_select(2, self._perm).permute(0, 2, 1).reshape(B, -1)
+        return T.reshape(T.shape[0], -1).index_select(1, self._idx)
 
     def _to_grid(self, v):
         v = self._flat(v)
-        B, C, n = v.shape[0], self.channels, self.image_size
-        t = v.reshape(B, n * n, C).permute(0, 2, 1)
-        return t.index_select(2, self._perm_inv).reshape(B, C, n, n)
+        n = self.image_size
+        return v.index_select(1, self._inv).reshape(v.shape[0], self.channels, n, n)
 
     def Vt(self, x):
         return self._to_vec(self._Vr.T @ self._image(x) @ self._Vc)

@@ -8,7 +8,7 @@ reference's Python loop (5.8 s at 256x256).
 """
 import torch
 
-from .base import SVDOperator
+from .base import SVDOperator, interleaved_index, inverse_index
 from ..masks import resolve_mask
 
 
@@ -24,47 +24,38 @@ class Inpainting(SVDOperator):
     def _set_mask(self, mask: torch.Tensor):
         mask = resolve_mask(mask, self.image_size)
         self.mask = mask.to(self.device)
-        flat = mask.reshape(-1)
-        self._kept = torch.nonzero(flat).reshape(-1).to(self.device)
-        self._missing = torch.nonzero(~flat).reshape(-1).to(self.device)
-        self._s = torch.ones(self.channels * self._kept.numel(), device=self.device, dtype=self.dtype)
+        flat = self.mask.reshape(-1)
+        kept, missing = torch.nonzero(flat).reshape(-1), torch.nonzero(~flat).reshape(-1)
+        hw, C = flat.numel(), self.channels
+        # indices into the channel-major flat image: kept pixel-major with channels interleaved,
+        # then the missing ones channel by channel (the reference's V^T order)
+        self._kept_idx = interleaved_index(kept, C, hw)
+        missing_idx = (torch.arange(C, device=self.device)[:, None] * hw + missing[None, :]).reshape(-1)
+        self._order = torch.cat([self._kept_idx, missing_idx])
+        self._unorder = inverse_index(self._order)
+        self._s = torch.ones(self._kept_idx.numel(), device=self.device, dtype=self.dtype)
 
     def singulars(self):
         return self._s
 
-    def _pixels(self, x):
-        x = self._image(x)
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, self.channels)
-
-    def _image_from_pixels(self, p):
-        n = self.image_size
-        return p.reshape(p.shape[0], n, n, self.channels).permute(0, 3, 1, 2)
-
     def Vt(self, x):
-        p = self._pixels(x)
-        B = p.shape[0]
-        kept = p.index_select(1, self._kept).reshape(B, -1)
-        missing = p.index_select(1, self._missing).permute(0, 2, 1).reshape(B, -1)
-        return torch.cat([kept, missing], dim=1)
+        x = self._image(x)
+        return x.reshape(x.shape[0], -1).index_select(1, self._order)
 
     def V(self, v):
         v = self._flat(v)
-        B, C, k = v.shape[0], self.channels, self._kept.numel()
-        p = v.new_empty(B, self.image_size ** 2, C)
-        p[:, self._kept, :] = v[:, : k * C].reshape(B, k, C)
-        p[:, self._missing, :] = v[:, k * C:].reshape(B, C, -1).permute(0, 2, 1)
-        return self._image_from_pixels(p)
+        n = self.image_size
+        return v.index_select(1, self._unorder).reshape(v.shape[0], self.channels, n, n)
 
     def A(self, x):
-        p = self._pixels(x)
-        return p.index_select(1, self._kept).reshape(p.shape[0], -1)
+        x = self._image(x)
+        return x.reshape(x.shape[0], -1).index_select(1, self._kept_idx)
 
     def At(self, y):
         y = self._flat(y)
-        B, C = y.shape[0], self.channels
-        p = y.new_zeros(B, self.image_size ** 2, C)
-        p[:, self._kept, :] = y.reshape(B, -1, C)
-        return self._image_from_pixels(p)
+        n = self.image_size
+        out = y.new_zeros(y.shape[0], self.N).index_copy_(1, self._kept_idx, y)
+        return out.reshape(y.shape[0], self.channels, n, n)
 
     def A_pinv(self, y):
         return self.At(y)
