@@ -121,7 +121,8 @@ def strided_conv_matrix(kernel: torch.Tensor, size: int, stride: int) -> torch.T
                          f"(the {K}-tap kernel reflects past both borders)")
     rows = np.broadcast_to((centres // stride)[:, None], j.shape)
     M = np.zeros((size // stride, size), dtype=np.float64)
-    np.add.at(M, (rows.ravel(), j_eff.ravel()), kernel.double().numpy()[offsets + K // 2][None, :].repeat(len(centres), 0).ravel())
+    taps = np.broadcast_to(kernel.double().numpy()[offsets + K // 2][None, :], j.shape)
+    np.add.at(M, (rows.ravel(), j_eff.ravel()), taps.ravel())      # reflected taps add up
     return torch.from_numpy(M).float()
 
 
