@@ -91,7 +91,11 @@ def rank_device(requested: Optional[str], ctx: Context) -> Optional[str]:
     """
     wants_cuda = requested in (None, "cuda") and torch.cuda.is_available()
     if ctx.world_size > 1 and wants_cuda:
-        return f"cuda:{ctx.local_rank % max(torch.cuda.device_count(), 1)}"
+        count = torch.cuda.device_count()
+        if ctx.local_rank >= count:  # NCCL refuses two ranks on one GPU
+            raise ValueError(f"LOCAL_RANK {ctx.local_rank} has no GPU of its own: this node has {count}; "
+                             f"start at most {count} processes per node (--nproc_per_node) or add --device cpu")
+        return f"cuda:{ctx.local_rank}"
     return requested
 
 

@@ -154,5 +154,7 @@ def test_rank_device(monkeypatch):
     assert distributed.rank_device("cuda:0", ctx) == "cuda:0"  # an explicit index is kept
     assert distributed.rank_device("cpu", ctx) == "cpu"
     assert distributed.rank_device(None, distributed.Context()) is None  # single process: runner default
+    with pytest.raises(ValueError, match="LOCAL_RANK 2 has no GPU of its own"):
+        distributed.rank_device(None, distributed.Context(rank=2, world_size=4, local_rank=2))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert distributed.rank_device(None, ctx) is None
