@@ -1,0 +1,161 @@
+"""Sampler overhead: the time per step spent outside the denoiser, and EquS's cost.
+
+1. Per operator at --size (256) on --device: a zero-cost denoiser (returns zeros),
+   so that what is timed is the sampler itself: the projection, the update, the
+   bookkeeping. This project's loop (`functions.samplers.sample`) against a loop
+   written the reference's way: every x_t and x0 copied to the host and kept in a
+   list, abar recomputed from the betas each step, and A^+ applied through the
+   generic SVD path (U^T, divide, pad with zeros, V) as the reference's H_funcs
+   does. On a CPU device the host copy is a real copy (.clone()), since .to('cpu')
+   of a CPU tensor would cost nothing. Target: at least 3x less overhead.
+2. The wall-time ratio EquS / DDNM with a real small UNet (the demo architecture,
+   random weights) at --unet_size: EquS adds no network evaluation, so the target
+   is at most 1.03.
+
+    python benchmarks/sampler_overhead.py [--size 256] [--steps 20] [--device cpu]
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from functions.diffusion import NoiseLevels, make_betas  # noqa: E402
+from functions.equivariance import make_denoiser  # noqa: E402
+from functions.noise import PerImageNoise  # noqa: E402
+from functions.operators import DEGRADATIONS, build_operator  # noqa: E402
+from functions.samplers import DDNMRule, SamplerConfig, restore, sample  # noqa: E402
+from functions.schedules import build_schedule  # noqa: E402
+
+BETAS = make_betas({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_diffusion_timesteps": 1000})
+SCALES = {"sr_averagepooling": 4, "sr_bicubic": 4, "cs_walshhadamard": 0.25, "cs_blockbased": 0.25}
+
+
+def zero_eps(x, t):
+    return torch.zeros_like(x)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reference_style_loop(op, y, x_T, steps, eta, device):
+    """The official loop's habits, with the same operator, for comparison only."""
+    def compute_alpha(beta, t):
+        beta = torch.cat([torch.zeros(1, device=beta.device), beta], dim=0)
+        return (1 - beta).cumprod(dim=0).index_select(0, t + 1).view(-1, 1, 1, 1)
+
+    def host(x):
+        return x.to("cpu") if device.type != "cpu" else x.clone()
+
+    def a_pinv_svd(vec):  # H_pinv of the reference: Ut, divide by the singulars, add zeros, V
+        s = op.singulars()
+        temp = op.Ut(vec).clone()
+        factors = torch.where(s > 0, 1 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        temp = temp * factors
+        return op.V(op.add_zeros(temp))
+
+    b = BETAS.to(device)
+    n = x_T.shape[0]
+    skip = 1000 // steps
+    xs, x0_preds = [host(x_T)], []
+    for u in range(steps - 1, -1, -1):
+        i, j = u * skip, (u - 1) * skip if u > 0 else -1
+        t = (torch.ones(n) * i).to(device)
+        next_t = (torch.ones(n) * j).to(device)
+        at, at_next = compute_alpha(b, t.long()), compute_alpha(b, next_t.long())
+        xt = xs[-1].to(device)
+        et = zero_eps(xt, t)
+        x0_t = (xt - et * (1 - at).sqrt()) / at.sqrt()
+        x0_t_hat = x0_t - a_pinv_svd(op.A(x0_t.reshape(n, -1)) - y.reshape(n, -1)).reshape(*x0_t.size())
+        c1 = (1 - at_next).sqrt() * eta
+        c2 = (1 - at_next).sqrt() * ((1 - eta ** 2) ** 0.5)
+        xt_next = at_next.sqrt() * x0_t_hat + c1 * torch.randn_like(x0_t) + c2 * et
+        x0_preds.append(host(x0_t))
+        xs.append(host(xt_next))
+    return xs[-1]
+
+
+def project_loop(op, y, x_T, steps, eta, device):
+    levels = NoiseLevels(BETAS, device=device)
+    schedule = build_schedule(steps, "uniform")
+    noise = PerImageNoise(range(x_T.shape[0]), device=device)
+    return sample(make_denoiser(zero_eps), DDNMRule(op, y, eta), x_T, schedule, levels, noise)
+
+
+def per_step_ms(fn, steps, device, repeat):
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best / steps
+
+
+def unet_ratio(device, size, steps, repeat):
+    from guided_diffusion.models import EpsModel, build_model, load_config
+    config = load_config("demo.yml")
+    torch.manual_seed(0)
+    model = build_model(config).to(device).eval()
+    eps_model = EpsModel(model, config)
+    op = build_operator("sr_averagepooling", image_size=size, deg_scale=4, device=device)
+    y = op.A(torch.zeros(1, 3, size, size, device=device))
+    times = {}
+    with torch.no_grad():
+        for name, equs in (("DDNM", None), ("DDNM-EquS", "alternate")):
+            cfg = SamplerConfig(steps=steps, equs=equs)
+            run = lambda: restore(eps_model, op, y, BETAS, cfg, seeds=[0])  # noqa: E731
+            run()
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                run()
+                sync(device)
+                best = min(best, time.perf_counter() - t0)
+            times[name] = best
+    return times
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--unet_size", type=int, default=64)
+    p.add_argument("--unet_steps", type=int, default=20)
+    p.add_argument("--skip_unet", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}, {args.size}x{args.size}, batch 1, {args.steps} steps, zero-cost denoiser\n")
+    print("| operator | this project (ms/step) | reference-style loop (ms/step) | overhead ratio |")
+    print("|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    for deg in DEGRADATIONS:
+        op = build_operator(deg, image_size=args.size, deg_scale=SCALES.get(deg), device=device)
+        x = (torch.rand(1, 3, args.size, args.size, generator=g) * 2 - 1).to(device)
+        x_T = torch.randn(1, 3, args.size, args.size, generator=g).to(device)
+        y = op.A(x)
+        ours = per_step_ms(lambda: project_loop(op, y, x_T, args.steps, 0.85, device), args.steps, device, args.repeat)
+        ref = per_step_ms(lambda: reference_style_loop(op, y, x_T, args.steps, 0.85, device), args.steps, device, args.repeat)
+        print(f"| {deg} | {ours:.2f} | {ref:.2f} | {ref / ours:.1f}x |")
+    if not args.skip_unet:
+        times = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
+        print(f"\nDemo UNet (random weights), {args.unet_size}x{args.unet_size}, {args.unet_steps} steps, sr_averagepooling x4:")
+        print("| sampler | seconds | ratio to DDNM |")
+        print("|---|---|---|")
+        for name, sec in times.items():
+            print(f"| {name} | {sec:.2f} | {sec / times['DDNM']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
