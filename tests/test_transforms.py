@@ -1,0 +1,41 @@
+"""Invertible transforms used by EquS."""
+import pytest
+import torch
+
+from functions.transforms import GROUPS, TRANSFORM_NAMES, get_transform, get_transforms
+
+X = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORM_NAMES) + ["shift3", "shift2,5"])
+def test_inverse_undoes_the_transform(name):
+    T = get_transform(name)
+    assert torch.equal(T.inverse(T(X)), X) and torch.equal(T(T.inverse(X)), X)
+
+
+@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+def test_transforms_are_orthogonal(name):
+    """<T x, z> = <x, T^-1 z>: T is a pixel permutation, so T^-1 = T^T."""
+    T, z = get_transform(name), torch.randn(2, 3, 8, 8)
+    assert torch.allclose((T(X) * z).sum(), (X * T.inverse(z)).sum())
+
+
+def test_hflip_mirrors_the_width():
+    assert torch.equal(get_transform("hflip")(X)[..., 0], X[..., -1])
+    assert torch.equal(get_transform("vflip")(X)[..., 0, :], X[..., -1, :])
+
+
+def test_d4_has_eight_distinct_elements_and_rotations_compose():
+    images = [T(X) for T in get_transforms("d4")]
+    assert len(images) == 8
+    assert len({tuple(im.flatten().tolist()) for im in images}) == 8
+    r90 = get_transform("rot90")
+    assert torch.equal(r90(r90(X)), get_transform("rot180")(X))
+    assert torch.equal(r90(r90(r90(r90(X)))), X)
+
+
+def test_sets_and_errors():
+    assert [T.name for T in get_transforms("flips")] == list(GROUPS["flips"])
+    assert [T.name for T in get_transforms("hflip,rot90")] == ["hflip", "rot90"]
+    with pytest.raises(ValueError, match="transform 'spin' is unknown; choose one of"):
+        get_transform("spin")
