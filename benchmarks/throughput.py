@@ -215,6 +215,8 @@ def parse_args(argv=None):
                    help="untimed steps before each timed run (default 2 on CUDA, 0 elsewhere)")
     p.add_argument("--deg", default="sr_averagepooling")
     p.add_argument("--deg_scale", type=float, default=4)
+    p.add_argument("--sigma_y", type=float, default=0.0,
+                   help="noise std of y in [0, 1] units as on the command line (> 0: DDNM+ in this project's loop)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="accelerator peak for the floor column (default: 990 on an H100, else none)")
@@ -247,7 +249,10 @@ def main(argv=None) -> list:
         torch.backends.cudnn.benchmark = True  # both loops: the official main.py sets it too
 
     ours_label = dtype + (", channels_last" if channels_last else "") + (", compiled" if args.compile else "")
-    print(f"# Restoration throughput, {args.size}x{args.size}, {args.deg} x{args.deg_scale:g}, {steps} steps, "
+    if args.sigma_y > 0 and args.reference != "none":
+        print("note: the reference-style loop has no DDNM+ noise handling; its rows stay noise-free DDNM", flush=True)
+    print(f"# Restoration throughput, {args.size}x{args.size}, {args.deg} x{args.deg_scale:g}"
+          f"{f', sigma_y {args.sigma_y:g} (DDNM+)' if args.sigma_y > 0 else ''}, {steps} steps, "
           f"random weights\n\ndevice: {_where(device)}, torch {torch.__version__}; this project: {ours_label}; "
           f"reference-style loop: fp32, x_t to the host and back every step, all x_t and x0 kept"
           + (f"; floor = FLOPs / {peak:g} TFLOP/s" if peak else "") + "\n", flush=True)
@@ -273,7 +278,8 @@ def main(argv=None) -> list:
             tflops = gflop * nfe * batch / seconds / 1e3
             floor = gflop * nfe / (peak * 1e3) if peak else None
             speedup = f"{ref_seconds / seconds:.2f}x" if ref_seconds else ("1.00x" if loop == "reference" else "-")
-            row = {"model": label, "method": METHODS[method][0], "batch": batch, "loop": loop, "precision": precision,
+            name = METHODS[method][0] + (" (DDNM+)" if args.sigma_y > 0 and loop != "reference" else "")
+            row = {"model": label, "method": name, "batch": batch, "loop": loop, "precision": precision,
                    "nfe_per_image": nfe, "seconds_per_image": per_image, "images_per_s": batch / seconds,
                    "peak_memory_bytes": mem, "speedup_vs_reference": (ref_seconds / seconds) if ref_seconds else None,
                    "tflops": tflops, "x_floor": per_image / floor if floor else None, "host_syncs_per_step": syncs,
@@ -308,7 +314,8 @@ def main(argv=None) -> list:
                 seeds = list(range(b))
 
                 def ours(n_steps):
-                    cfg = SamplerConfig(steps=n_steps, equs=equs, transform="hflip", eta=0.85)
+                    cfg = SamplerConfig(steps=n_steps, equs=equs, transform="hflip", eta=0.85,
+                                        sigma_y=2.0 * args.sigma_y)
                     return restore(eps, op, ys[b], betas, cfg, seeds=seeds)
 
                 if warmup:

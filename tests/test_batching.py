@@ -124,6 +124,40 @@ def test_sampling_loop_never_reads_back(model_cfg, sampler, sigma_y, equs):
                     callback=lambda i, step, x, x0: float(x.mean()))
 
 
+HOST_TENSOR_MAKERS = ("tensor", "as_tensor", "from_numpy")
+
+
+@pytest.mark.parametrize("sampler,sigma_y,equs", [
+    ("ddnm", 0.0, None), ("ddnm", 0.0, "alternate"), ("ddnm", 0.0, "average"), ("ddrm", 0.1, None),
+    pytest.param("ddnm", 0.1, None, marks=pytest.mark.xfail(
+        reason="functions/operators/base.py _scalar turns DDNM+'s Python floats into device tensors every step "
+               "(torch.tensor -> a host-to-device copy, which waits for the GPU)")),
+])
+def test_no_tensor_is_built_from_host_data_per_step(monkeypatch, sampler, sigma_y, equs):
+    """A tensor made from host data (torch.tensor, as_tensor, from_numpy) on a CUDA device is a
+    synchronous copy. Counted over a 1-step and a 3-step restore: the per-step count must be 0."""
+    op = _op()
+    y = op.A(torch.rand(2, 3, 32, 32))
+    made = []
+
+    def counting(real):
+        def make(*args, **kwargs):
+            made.append(1)
+            return real(*args, **kwargs)
+        return make
+
+    counts = []
+    for steps in (1, 3):
+        made.clear()
+        for name in HOST_TENSOR_MAKERS:
+            monkeypatch.setattr(torch, name, counting(getattr(torch, name)))
+        restore(lambda x, t: torch.zeros_like(x), op, y, make_betas({}),
+                SamplerConfig(sampler=sampler, sigma_y=sigma_y, steps=steps, equs=equs), seeds=[1, 2])
+        monkeypatch.undo()
+        counts.append(len(made))
+    assert counts[1] == counts[0], f"{(counts[1] - counts[0]) / 2:g} host-made tensors per step"
+
+
 # ---------------------------------------------------------------- EpsModel speed options
 
 def _simple(seed=0):
