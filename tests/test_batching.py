@@ -129,9 +129,7 @@ HOST_TENSOR_MAKERS = ("tensor", "as_tensor", "from_numpy")
 
 @pytest.mark.parametrize("sampler,sigma_y,equs", [
     ("ddnm", 0.0, None), ("ddnm", 0.0, "alternate"), ("ddnm", 0.0, "average"), ("ddrm", 0.1, None),
-    pytest.param("ddnm", 0.1, None, marks=pytest.mark.xfail(
-        reason="functions/operators/base.py _scalar turns DDNM+'s Python floats into device tensors every step "
-               "(torch.tensor -> a host-to-device copy, which waits for the GPU)")),
+    ("ddnm", 0.1, None), ("ddnm", 0.1, "alternate"),
 ])
 def test_no_tensor_is_built_from_host_data_per_step(monkeypatch, sampler, sigma_y, equs):
     """A tensor made from host data (torch.tensor, as_tensor, from_numpy) on a CUDA device is a

@@ -101,7 +101,8 @@ def _scalar(v: Scalar, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device and dtype; tensors stay on device (no host sync)."""
     if isinstance(v, torch.Tensor):
         return v.detach().reshape(-1)[0].to(device=like.device, dtype=like.dtype)
-    return torch.tensor(float(v), device=like.device, dtype=like.dtype)
+    # torch.full fills on the device: no host-to-device copy (torch.tensor would wait for a GPU)
+    return torch.full((), float(v), device=like.device, dtype=like.dtype)
 
 
 class SVDOperator:
