@@ -44,7 +44,7 @@ from functions import metrics
 from runners import data, distributed
 from runners.errors import InputError
 from functions.noise import seed_for
-from runners.results import (OutputFolder, atomic_write_json, atomic_write_text, read_json, results_txt, save_image,
+from runners.results import (OutputFolder, atomic_write_json, comparison_table, atomic_write_text, read_json, results_txt, save_image,
                              settings_diff, summarize)
 
 LOG = logging.getLogger("equs")
@@ -500,7 +500,7 @@ def execute(plan: Plan) -> Optional[Dict]:
     if missing:
         LOG.warning(f"warning: {len(missing)} image(s) restored by other ranks are not visible here "
                     f"(e.g. {missing[0]}); the output folder must be shared by all nodes")
-    LOG.info(results_txt(results["summary"]).rstrip())
+    LOG.info(comparison_table(results["summary"]))
     return results
 
 

@@ -164,6 +164,19 @@ def results_txt(summary: Dict) -> str:
     )
 
 
+def comparison_table(summary: Dict) -> str:
+    """The run's result beside the A^+y baseline, as printed at the end of a run."""
+    base = summary.get("baseline") or {}
+    rows = [("PSNR (dB)", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("LPIPS", "lpips", ".4f"),
+            ("Cons", "consistency", ".3f")]
+    lines = [f"{'':12s} {'restored':>10s} {'A^+y':>10s}"]
+    for label, key, spec in rows:
+        lines.append(f"{label:12s} {_fmt(summary.get(key), spec):>10s} {_fmt(base.get(key), spec):>10s}")
+    lines.append(f"{summary.get('num_images', 0)} images, NFE {summary.get('nfe')}, "
+                 f"{_fmt(summary.get('seconds_per_image'), '.2f')} s per image")
+    return "\n".join(lines)
+
+
 def settings_diff(old: Dict, new: Dict) -> List[str]:
     """Human-readable differences between two settings dicts."""
     keys = sorted(set(old) | set(new))

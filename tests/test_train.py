@@ -2,6 +2,7 @@
 and the committed demo weights load strictly through configs/demo.yml."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_train_resume_load_and_restore(tmp_path):
                            "--lpips_net", "none", "--no_fid", "--EquS"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr
+    assert re.search(r"PSNR \(dB\)\s+\d+\.\d\d\s+\d+\.\d\d", proc.stdout)    # result beside the A^+y baseline
     summary = json.loads((exp / "image_samples" / "tiny" / "results.json").read_text())["summary"]
     assert summary["num_images"] == 3 and summary["nfe"] == 3 and summary["psnr"] > 0
 
