@@ -30,6 +30,7 @@ from functions.noise import seed_for
 from functions.operators import build_operator
 from functions.samplers import SamplerConfig, restore
 from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
+from runners.restoration import resolve_device
 from guided_diffusion.models import EpsModel, build_model, load_config
 from runners import data
 
@@ -91,7 +92,7 @@ def summarise(per_seed):
 
 
 def run(args):
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)  # the runner's choice and checks of --device
     config = load_config(args.config)
     size = int(config["data"]["image_size"])
     model = build_model(config)

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from functions.diffusion import make_betas
+from runners.restoration import resolve_device
 from guided_diffusion.models import build_model, load_config
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -119,7 +120,7 @@ def parse_args(argv=None):
 
 
 def train(args) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)  # the runner's choice and checks of --device
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
