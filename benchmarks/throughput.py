@@ -6,7 +6,7 @@ two NFE per step) at each batch size, it times a full `functions.samplers.restor
 (sr_averagepooling x4 by default) two ways, on the same weights and in the same process:
 
 - this project: the network in --dtype (fp16 on CUDA: guided-diffusion's converted fp16
-  body for the ImageNet UNet, autocast for the simple one), channels_last, cudnn.benchmark,
+  body for the ImageNet UNet, autocast for the simple one), cudnn.benchmark, NCHW (--channels_last opt-in),
   optionally torch.compile; the loop keeps x_t on the device and the one sync is at the end;
 - a loop written the reference's way: fp32 network, x_t copied to the host and back every
   step and every x_t and x0 prediction kept on the host, abar recomputed from the betas
@@ -207,7 +207,9 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="ddnm,equs_alt,equs_avg", help="comma-separated: " + ", ".join(METHODS))
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="this project's network precision (default fp16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--no_channels_last", action="store_true", help="keep NCHW (channels_last is on by default on CUDA)")
+    p.add_argument("--channels_last", action="store_true",
+                   help="NHWC layout for this project's network (off by default: on an H100 it was slower for "
+                        "both UNets, whose GroupNorms convert it back to NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (this project's loop only)")
     p.add_argument("--reference", choices=("all", "ddnm", "none"), default="all",
                    help="which methods also run the reference-style loop")
@@ -240,7 +242,7 @@ def main(argv=None) -> list:
     steps = args.steps or (100 if on_cuda else 2)
     batches = [int(b) for b in (args.batches or ("1,8" if on_cuda else "1")).split(",")]
     dtype = args.dtype or ("fp16" if on_cuda else "fp32")
-    channels_last = on_cuda and not args.no_channels_last
+    channels_last = args.channels_last
     warmup = args.warmup_steps if args.warmup_steps is not None else (2 if on_cuda else 0)
     peak = args.peak_tflops
     if peak is None and on_cuda and "H100" in torch.cuda.get_device_name(device):
@@ -285,6 +287,8 @@ def main(argv=None) -> list:
                    "tflops": tflops, "x_floor": per_image / floor if floor else None, "host_syncs_per_step": syncs,
                    "steps": steps, "device": _where(device), "gflop_per_forward": gflop}
             rows.append(row)
+            if args.json:  # after every row, so that a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
             print(f"| {label} | {row['method']} | {batch} | {loop} | {precision} | {nfe} | {per_image:.3f} | "
                   f"{batch / seconds:.3f} | {_mib(mem)} | {speedup} | {tflops:.2f} | "
                   f"{'-' if floor is None else f'{per_image / floor:.2f}'} |", flush=True)

@@ -130,8 +130,15 @@ class DDRMRule:
 
 
 def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: NoiseLevels,
-           noise, callback: Optional[Callable] = None) -> torch.Tensor:
-    """Walk the schedule from x_T and return the final x (at t = -1)."""
+           noise, callback: Optional[Callable] = None, clip_x0: bool = False) -> torch.Tensor:
+    """Walk the schedule from x_T and return the final x (at t = -1).
+
+    clip_x0 clamps each x0 prediction to the image range [-1, 1] before the step
+    rule sees it (guided-diffusion's clip_denoised; the official DDNM does not):
+    at high noise x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies small
+    eps errors by up to ~150, and in the operator's null space (the chroma, for
+    colorization) nothing pulls such errors back. The eps is left as predicted.
+    """
     x = rule.init(x_T, levels.abar(schedule[0].t))
     x0_last = None
     for i, step in enumerate(schedule):
@@ -139,6 +146,8 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
         if step.is_reverse:
             abar_t = levels.abar(step.t)
             x0, eps = denoiser(x, step.t, abar_t, step.u)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
             x, x0_last = rule.step(x, x0, eps, abar_t, abar_next, noise)
         else:  # time travel: re-noise the last x0 prediction up to t_next
             x = abar_next.sqrt() * x0_last + (1 - abar_next).sqrt() * noise.randn_like(x0_last)
@@ -155,6 +164,7 @@ class SamplerConfig:
     sigma_y: noise std of y in model space ([-1, 1]: twice the CLI's --sigma_y).
     schedule: uniform, tas (EquS+'s, official), tas_dedup (without repeated t = 0).
     equs: None, 'alternate' (the paper's EquS) or 'average'.
+    clip_x0: clamp x0 predictions to [-1, 1] (off in the reference; see `sample`).
     """
     sampler: str = "ddnm"
     eta: float = 0.85
@@ -168,6 +178,7 @@ class SamplerConfig:
     transform: str = "hflip"
     eps_mapping: str = "official"
     transform_seed: int = 0
+    clip_x0: bool = False
 
     def to_dict(self):
         return asdict(self)
@@ -213,5 +224,5 @@ def restore(eps_model, op, y: torch.Tensor, betas: torch.Tensor, cfg: SamplerCon
     schedule = build_schedule(cfg.steps, cfg.schedule, levels.num_timesteps, cfg.travel_length, cfg.travel_repeat)
     denoiser = make_denoiser(eps_model, cfg.equs, cfg.transform, cfg.eps_mapping, cfg.transform_seed)
     rule = make_rule(cfg, op, y)
-    x = sample(denoiser, rule, x_T, schedule, levels, noise, callback)
+    x = sample(denoiser, rule, x_T, schedule, levels, noise, callback, clip_x0=cfg.clip_x0)
     return SampleResult(x0=x, nfe=denoiser.nfe, schedule=schedule)

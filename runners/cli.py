@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--eps_mapping", choices=("official", "consistent"), default="official",
                    help="EquS: official = the update uses the model's eps as it came; consistent = eps mapped "
                         "back with T^-1 like x0")
+    n.add_argument("--clip_x0", action="store_true", default=None,
+                   help="clamp each x0 prediction to [-1, 1] before the projection (guided-diffusion's "
+                        "clip_denoised; the official DDNM does not); default: sampling.clip_x0 of the config, else off")
     n.add_argument("--steps", type=int, default=None, help="sampling steps (default: time_travel.T_sampling of the config)")
     n.add_argument("--schedule", choices=("uniform", "tas", "tas_dedup"), default=None,
                    help="timestep schedule (default: uniform; tas with --EquSplus)")

@@ -208,6 +208,8 @@ def _sampler_config(args, config):
         schedule=schedule, travel_length=int(travel.get("travel_length", 1)),
         travel_repeat=int(travel.get("travel_repeat", 1)), equs=equs, transform=args.transform,
         eps_mapping=args.eps_mapping,
+        clip_x0=bool(args.clip_x0 if getattr(args, "clip_x0", None) is not None
+                     else (config.get("sampling") or {}).get("clip_x0", False)),
     )
     # build the schedule and the denoiser wrapper once now, so a bad value fails before anything is written
     from functions.diffusion import make_betas

@@ -56,7 +56,7 @@ class CropSampler:
     """
 
     def __init__(self, images, size: int, min_scale: float = 0.2, rot90: bool = False, generator=None):
-        self.images, self.size, self.rot90 = images, size, rot90
+        self.images, self.size, self.rot90 = images, size, rot90  # images may live on any device
         self.min_scale = min_scale
         areas = torch.tensor([float(im.shape[1] * im.shape[2]) for im in images])
         self.weights = areas / areas.sum()
@@ -86,6 +86,36 @@ class CropSampler:
         return torch.stack(out).clamp(0, 1) * 2 - 1  # model space [-1, 1]
 
 
+class CropBank:
+    """A fixed pool of crops on the training device, drawn from with flips and turns.
+
+    Cutting and antialiased resizing of single crops costs more than a training
+    step of a small UNet on a GPU, so a GPU run cuts `n` crops once (with
+    CropSampler, deterministic from the seed) and each step takes a random batch
+    of them, flipping (and turning) each independently: one gather, no host work.
+    """
+
+    def __init__(self, sampler: CropSampler, n: int, device, dtype=torch.float16, chunk: int = 256):
+        rot90, sampler.rot90 = sampler.rot90, False  # augment per draw instead
+        parts = []
+        for start in range(0, n, chunk):
+            parts.append(sampler.sample(min(chunk, n - start)).to(device, dtype))
+        sampler.rot90 = rot90
+        self.bank, self.rot90 = torch.cat(parts), rot90
+
+    def sample(self, batch: int, generator) -> torch.Tensor:
+        dev = self.bank.device
+        idx = torch.randint(0, self.bank.shape[0], (batch,), generator=generator, device=dev)
+        x = self.bank[idx].float()
+        flip = torch.randint(0, 2, (batch, 1, 1, 1), generator=generator, device=dev).bool()
+        x = torch.where(flip, x.flip(-1), x)
+        if self.rot90:  # square crops: a quarter turn is a transpose and a flip
+            turn = torch.randint(0, 4, (batch, 1, 1, 1), generator=generator, device=dev)
+            for k in (1, 2, 3):
+                x = torch.where(turn == k, torch.rot90(x, k, dims=(-2, -1)), x)
+        return x
+
+
 def save_atomic(obj, path: Path):
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -95,7 +125,7 @@ def save_atomic(obj, path: Path):
 def export_ema(ema_state: dict, path: Path, dtype=torch.float16):
     """The EMA weights alone, cast (fp16 halves the file), as a plain state_dict."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({k: v.to(dtype) if v.is_floating_point() else v for k, v in ema_state.items()}, path)
+    save_atomic({k: (v.to(dtype) if v.is_floating_point() else v).cpu() for k, v in ema_state.items()}, path)
 
 
 def parse_args(argv=None):
@@ -116,6 +146,14 @@ def parse_args(argv=None):
     p.add_argument("--save_every", type=int, default=250)
     p.add_argument("--export", default=None, help="also write the EMA weights (fp16) to this path at every save")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warmup over this many steps")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16 autocast for the forward pass (fast on GPUs and on CPUs with AMX)")
+    p.add_argument("--channels_last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    p.add_argument("--crop_bank", type=int, default=0,
+                   help="cut this many crops once, on the device, and draw batches from them "
+                        "(0: cut fresh crops every step on the CPU; use ~1e5 on a GPU)")
+    p.add_argument("--log_every", type=int, default=25, help="read the loss back to the host every this many steps")
     return p.parse_args(argv)
 
 
@@ -134,6 +172,11 @@ def train(args) -> dict:
     _, images = load_folder(args.data)
     crops = CropSampler(images, size, args.min_scale, args.rot90, torch.Generator().manual_seed(args.seed))
     g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
+    if args.crop_bank < 0:
+        raise ValueError(f"--crop_bank {args.crop_bank}: must be >= 0")
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +191,15 @@ def train(args) -> dict:
         crops.g.set_state(state["crop_rng"])
         g_noise.set_state(state["noise_rng"].to(g_noise.get_state().device) if device.type != "cpu" else state["noise_rng"])
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
+    bank = None
+    if args.crop_bank:
+        # its own generator, so that a resumed run rebuilds the same bank
+        bank_sampler = CropSampler([im.to(device) for im in images], size, args.min_scale, args.rot90,
+                                   torch.Generator().manual_seed(args.seed + 2))
+        bank = CropBank(bank_sampler, args.crop_bank, device)
+    base_lr = args.lr
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    pending = []  # per-step losses still on the device
 
     def save():
         save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -161,28 +213,45 @@ def train(args) -> dict:
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     running = None
     model.train()
+    def flush():
+        nonlocal running
+        if pending:
+            for value in torch.stack(pending).tolist():
+                losses.append(value)
+                running = value if running is None else 0.98 * running + 0.02 * value
+            pending.clear()
+            bar.set_postfix(loss=f"{running:.4f}")
+
     while step < args.steps:
-        x0 = crops.sample(args.batch_size).to(device)
+        x0 = bank.sample(args.batch_size, g_noise) if bank is not None else crops.sample(args.batch_size).to(device)
         t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=g_noise, device=device)
         eps = torch.randn(x0.shape, generator=g_noise, device=device)
         a = abar[t].view(-1, 1, 1, 1)
-        loss = (model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t.float()) - eps).square().mean()
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        if args.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            pred = model(x_t, t.float())
+        loss = (pred.float() - eps).square().mean()
+        if args.warmup:
+            for group in opt.param_groups:
+                group["lr"] = base_lr * min(1.0, (step + 1) / args.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         step += 1
-        value = float(loss.detach())
-        losses.append(value)
-        running = value if running is None else 0.98 * running + 0.02 * value
+        pending.append(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
+        if len(pending) >= args.log_every:
+            flush()
         if step % args.save_every == 0 and step < args.steps:
+            flush()
             save()
         if args.minutes is not None and (time.time() - start) > 60 * args.minutes:
             break
+    flush()
     bar.close()
     save()
     return {"step": step, "losses": losses, "state": str(state_path), "ema": str(out / "ema.pt")}

@@ -267,3 +267,24 @@ def test_corrected_ddnm_plus_fixes_noisy_gaussian_deblurring():
     pool_ref = build_operator("sr_averagepooling", image_size=64, deg_scale=4, lambda_mode="reference")
     pool_svd = build_operator("sr_averagepooling", image_size=64, deg_scale=4, lambda_mode="svd")
     assert abs(mse(pool_ref, "ddnm") - mse(pool_svd, "ddnm")) < 0.02
+
+
+def test_clip_x0_bounds_the_null_space_and_keeps_consistency():
+    """A prior whose mean lies far outside the image range in the chroma (colorization's
+    null space): without clipping the result's chroma follows it out of range; with
+    clip_x0 every x0 the step rule sees is in [-1, 1], the result stays near the range,
+    and A x = y still holds (the projection comes after the clip)."""
+    op = _op("colorization")
+    chroma = torch.tensor([3.0, 0.0, -3.0]).view(1, 3, 1, 1)  # zero grey component: invisible to A
+    eps = GaussianEps(chroma.expand(1, 3, SIZE, SIZE).clone(), 0.05)
+    x = asymmetric_mean(SIZE, seed=1).clamp(-0.9, 0.9)
+    y = op.A(x)
+    seen = []
+    plain = restore(eps, op, y, BETAS, SamplerConfig(steps=10), seeds=[0]).x0
+    clipped = restore(eps, op, y, BETAS, SamplerConfig(steps=10, clip_x0=True), seeds=[0],
+                      callback=lambda i, step, x_t, x0: seen.append(x0)).x0
+    assert plain.abs().max() > 2.5                      # the prior drags the unclipped chroma out of range
+    assert clipped.abs().max() < 1.5                    # clip + projection keep it near the range
+    assert (op.A(clipped) - y).abs().max() <= 1e-4      # still data-consistent
+    assert (op.A(plain) - y).abs().max() <= 1e-4
+    assert len(seen) == 10

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One GPU session, in the order of what only a GPU can do: train the demo prior
+# (configs/demo.yml) for a fixed wall time, time the full-size UNets
+# (benchmarks/throughput.py), then run the EquS ablation with the new weights.
+# Usage: bash benchmarks/gpu_session.sh [OUT] [TRAIN_MINUTES]
+# Needs exp/datasets/demo_train and exp/datasets/demo (runners.demo_data.materialise_demo_sets()).
+# DEVICE, BANK, BATCH, TP_ARGS and AB_ARGS override the GPU settings (a CPU dry run uses them).
+OUT=${1:-${OUT:-exp/gpu_session}}
+MINUTES=${2:-3.6}
+DEVICE=${DEVICE:-cuda}
+BANK=${BANK:-80000}
+BATCH=${BATCH:-256}
+TP_ARGS=${TP_ARGS:-}
+AB_ARGS=${AB_ARGS:---steps 100 --seeds 0 1 2}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+LOG="$OUT/session.log"
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  python3 -c "import torch, skimage; print('torch', torch.__version__, 'skimage', skimage.__version__)"
+} >"$LOG" 2>&1
+
+echo "== train ($MINUTES min)" >>"$LOG"
+t0=$(date +%s)
+timeout $(python3 -c "print(int(60 * $MINUTES + 90))") \
+  python3 -m runners.train --config demo.yml --data exp/datasets/demo_train --out /tmp/demo_train \
+    --steps 1000000 --minutes "$MINUTES" --batch_size "$BATCH" --lr 4e-4 --warmup 200 --ema 0.999 \
+    --amp bf16 --channels_last --crop_bank "$BANK" --seed 0 --save_every 1000 --log_every 50 \
+    --export "$OUT/demo_ema.pt" --device "$DEVICE" >"$OUT/train.log" 2>&1
+echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" >>"$LOG"
+python3 -c "import torch; s = torch.load('/tmp/demo_train/train_state.pt', weights_only=True); l = s['losses']; \
+n = min(200, len(l)); print('steps', s['step'], 'mean loss, first/last', n, 'steps:', sum(l[:n]) / n, sum(l[-n:]) / n)" >>"$LOG" 2>&1
+
+echo "== throughput" >>"$LOG"
+timeout 190 python3 benchmarks/throughput.py --device "$DEVICE" --reference ddnm $TP_ARGS --json "$OUT/throughput.json" >>"$LOG" 2>&1
+echo "throughput rc=$?" >>"$LOG"
+
+echo "== ablation" >>"$LOG"
+if [ -f "$OUT/demo_ema.pt" ]; then
+  cp "$OUT/demo_ema.pt" weights/demo_ema.pt
+  timeout 110 python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
+  echo "ablation rc=$?" >>"$LOG"
+fi
+date -u >>"$LOG"
