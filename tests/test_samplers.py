@@ -288,3 +288,14 @@ def test_clip_x0_bounds_the_null_space_and_keeps_consistency():
     assert (op.A(clipped) - y).abs().max() <= 1e-4      # still data-consistent
     assert (op.A(plain) - y).abs().max() <= 1e-4
     assert len(seen) == 10
+
+
+def test_clip_x0_flag_and_config_default_reach_the_sampler():
+    from runners import cli
+    from runners.restoration import _sampler_config
+
+    base = ["--config", "demo.yml", "--deg", "sr_bicubic", "--path_y", "demo"]
+    parse = cli.build_parser().parse_args
+    assert _sampler_config(parse(base), {}).clip_x0 is False                       # reference default: off
+    assert _sampler_config(parse(base + ["--clip_x0"]), {}).clip_x0 is True
+    assert _sampler_config(parse(base), {"sampling": {"clip_x0": True}}).clip_x0 is True
