@@ -4,7 +4,9 @@
 # (benchmarks/throughput.py), then run the EquS ablation with the new weights.
 # Usage: bash benchmarks/gpu_session.sh [OUT] [TRAIN_MINUTES]
 # Needs exp/datasets/demo_train and exp/datasets/demo (runners.demo_data.materialise_demo_sets()).
-# DEVICE, BANK, BATCH, TP_ARGS and AB_ARGS override the GPU settings (a CPU dry run uses them).
+# DEVICE, BANK, BATCH, TP_ARGS and AB_ARGS override the GPU settings (a CPU dry run uses them);
+# PHASES picks what runs (default "train throughput ablation"; "speed" times the network
+# variants at batch 8: NCHW with the reference loop, --attention sdpa, and sdpa + CUDA graphs).
 OUT=${1:-${OUT:-exp/gpu_session}}
 MINUTES=${2:-3.6}
 DEVICE=${DEVICE:-cuda}
@@ -12,6 +14,8 @@ BANK=${BANK:-80000}
 BATCH=${BATCH:-256}
 TP_ARGS=${TP_ARGS:-}
 AB_ARGS=${AB_ARGS:---steps 100 --seeds 0 1 2}
+PHASES=${PHASES:-train throughput ablation}
+has() { case " $PHASES " in *" $1 "*) return 0;; esac; return 1; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/session.log"
@@ -20,6 +24,7 @@ LOG="$OUT/session.log"
   python3 -c "import torch, skimage; print('torch', torch.__version__, 'skimage', skimage.__version__)"
 } >"$LOG" 2>&1
 
+if has train; then
 echo "== train ($MINUTES min)" >>"$LOG"
 t0=$(date +%s)
 timeout $(python3 -c "print(int(60 * $MINUTES + 90))") \
@@ -30,15 +35,28 @@ timeout $(python3 -c "print(int(60 * $MINUTES + 90))") \
 echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" >>"$LOG"
 python3 -c "import torch; s = torch.load('/tmp/demo_train/train_state.pt', weights_only=True); l = s['losses']; \
 n = min(200, len(l)); print('steps', s['step'], 'mean loss, first/last', n, 'steps:', sum(l[:n]) / n, sum(l[-n:]) / n)" >>"$LOG" 2>&1
+fi
 
+if has throughput; then
 echo "== throughput" >>"$LOG"
 timeout 190 python3 benchmarks/throughput.py --device "$DEVICE" --reference ddnm $TP_ARGS --json "$OUT/throughput.json" >>"$LOG" 2>&1
 echo "throughput rc=$?" >>"$LOG"
+fi
 
+if has speed; then
+echo "== speed variants (batch 8, DDNM)" >>"$LOG"
+SP="--device $DEVICE --batches 8 --methods ddnm $TP_ARGS"
+timeout 150 python3 benchmarks/throughput.py $SP --reference ddnm --json "$OUT/speed_nchw.json" >>"$LOG" 2>&1
+timeout 90 python3 benchmarks/throughput.py $SP --reference none --attention sdpa --json "$OUT/speed_sdpa.json" >>"$LOG" 2>&1
+timeout 240 python3 benchmarks/throughput.py $SP --reference none --attention sdpa --compile --compile_mode reduce-overhead \
+  --json "$OUT/speed_sdpa_graphs.json" >>"$LOG" 2>&1
+echo "speed rc=$?" >>"$LOG"
+fi
+
+if has ablation; then
 echo "== ablation" >>"$LOG"
-if [ -f "$OUT/demo_ema.pt" ]; then
-  cp "$OUT/demo_ema.pt" weights/demo_ema.pt
-  timeout 110 python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
-  echo "ablation rc=$?" >>"$LOG"
+[ -f "$OUT/demo_ema.pt" ] && cp "$OUT/demo_ema.pt" weights/demo_ema.pt
+timeout 110 python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
+echo "ablation rc=$?" >>"$LOG"
 fi
 date -u >>"$LOG"

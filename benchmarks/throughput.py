@@ -211,6 +211,9 @@ def parse_args(argv=None):
                    help="NHWC layout for this project's network (off by default: on an H100 it was slower for "
                         "both UNets, whose GroupNorms convert it back to NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (this project's loop only)")
+    p.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--attention", choices=("reference", "sdpa"), default="reference",
+                   help="this project's attention blocks (sdpa: PyTorch's fused kernel)")
     p.add_argument("--reference", choices=("all", "ddnm", "none"), default="all",
                    help="which methods also run the reference-style loop")
     p.add_argument("--warmup_steps", type=int, default=None,
@@ -250,7 +253,9 @@ def main(argv=None) -> list:
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # both loops: the official main.py sets it too
 
-    ours_label = dtype + (", channels_last" if channels_last else "") + (", compiled" if args.compile else "")
+    ours_label = (dtype + (", channels_last" if channels_last else "")
+                  + (f", attention {args.attention}" if args.attention != "reference" else "")
+                  + (f", compiled ({args.compile_mode or 'default'})" if args.compile else ""))
     if args.sigma_y > 0 and args.reference != "none":
         print("note: the reference-style loop has no DDNM+ noise handling; its rows stay noise-free DDNM", flush=True)
     print(f"# Restoration throughput, {args.size}x{args.size}, {args.deg} x{args.deg_scale:g}"
@@ -311,7 +316,8 @@ def main(argv=None) -> list:
                 emit(method, b, "reference", "fp32", steps * (2 if equs == "average" else 1), sec, mem)
         del ref_eps
 
-        eps = EpsModel(model, config, dtype=dtype, channels_last=channels_last, compile=args.compile)
+        eps = EpsModel(model, config, dtype=dtype, channels_last=channels_last, compile=args.compile,
+                       compile_mode=args.compile_mode, attention=args.attention)
         for method in args.methods:
             equs = METHODS[method][1]
             for b in batches:

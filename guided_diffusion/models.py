@@ -64,6 +64,20 @@ def _as_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     raise ValueError(f"dtype must be None (from the config) or one of {', '.join(_DTYPES)}, got {dtype!r}")
 
 
+ATTENTION_KINDS = ("reference", "sdpa")
+
+
+def set_attention(model: nn.Module, kind: str) -> nn.Module:
+    """Choose how the attention blocks compute softmax(q^T k / sqrt(C)) v: "reference" (explicit
+    product and float32 softmax, as the original code) or "sdpa" (PyTorch's fused kernel)."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention '{kind}' is unknown; choose one of: {', '.join(ATTENTION_KINDS)}")
+    for module in model.modules():
+        if hasattr(module, "use_sdpa"):
+            module.use_sdpa = kind == "sdpa"
+    return model
+
+
 class EpsModel(nn.Module):
     """eps_model(x, t, y=None) -> (B, C, H, W) float32 noise prediction.
 
@@ -74,12 +88,18 @@ class EpsModel(nn.Module):
       (the reference's use_fp16); the simple UNet runs under torch.autocast.
     - speed only (results equal up to float rounding): `channels_last` stores the weights and
       feeds the input in NHWC, which tensor-core convolutions prefer; `compile` runs the
-      network through torch.compile (built on the first call, after any precision change).
+      network through torch.compile (built on the first call, after any precision change;
+      `compile_mode` is torch.compile's mode, e.g. "reduce-overhead" for CUDA graphs);
+      `attention="sdpa"` runs the attention blocks through F.scaled_dot_product_attention.
     """
 
     def __init__(self, model: nn.Module, config: Any, dtype: Union[None, str, torch.dtype] = None, *,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False, compile_mode: Optional[str] = None,
+                 attention: str = "reference"):
         super().__init__()
+        set_attention(model, attention)
+        self.attention = attention
+        self.compile_mode = compile_mode
         m = cfg_section(config, "model")
         self.model = model
         self.requested_dtype = _as_dtype(dtype)
@@ -101,7 +121,7 @@ class EpsModel(nn.Module):
         if not self.compile:
             return self.model
         if self._compiled is None:
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            object.__setattr__(self, "_compiled", torch.compile(self.model, mode=self.compile_mode))
         return self._compiled
 
     def compute_dtype(self, device: torch.device) -> torch.dtype:

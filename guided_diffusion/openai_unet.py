@@ -165,12 +165,13 @@ class QKVAttentionLegacy(nn.Module):
     def __init__(self, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
+        self.use_sdpa = False  # set by guided_diffusion.models.set_attention
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-        return _attend(q, k, v).reshape(bs, -1, length)
+        return _attend(q, k, v, self.use_sdpa).reshape(bs, -1, length)
 
 
 class QKVAttention(nn.Module):
@@ -179,16 +180,23 @@ class QKVAttention(nn.Module):
     def __init__(self, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
+        self.use_sdpa = False  # set by guided_diffusion.models.set_attention
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = (u.reshape(bs * self.n_heads, ch, length) for u in qkv.chunk(3, dim=1))
-        return _attend(q, k, v).reshape(bs, -1, length)
+        return _attend(q, k, v, self.use_sdpa).reshape(bs, -1, length)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q^T k / sqrt(C)) applied to v; the scale is split over q and k to keep fp16 in range."""
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool = False) -> torch.Tensor:
+    """softmax(q^T k / sqrt(C)) applied to v; the scale is split over q and k to keep fp16 in range.
+
+    q, k, v: (B * heads, C, T). With `sdpa`, PyTorch's fused scaled_dot_product_attention
+    (flash / memory-efficient kernels on GPUs; the same function up to float rounding)."""
+    if sdpa:
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
     scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
     weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)

@@ -108,6 +108,7 @@ class AttnBlock(nn.Module):
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.use_sdpa = False  # set by guided_diffusion.models.set_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -115,9 +116,13 @@ class AttnBlock(nn.Module):
         q = self.q(h).reshape(b, c, height * width)
         k = self.k(h).reshape(b, c, height * width)
         v = self.v(h).reshape(b, c, height * width)
-        w = torch.bmm(q.transpose(1, 2), k) * (c ** -0.5)  # (b, query, key)
-        w = torch.softmax(w.float(), dim=2).to(v.dtype)
-        out = torch.bmm(v, w.transpose(1, 2)).reshape(b, c, height, width)
+        if self.use_sdpa:  # PyTorch's fused attention: the same function up to float rounding
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            out = out.transpose(1, 2).reshape(b, c, height, width)
+        else:
+            w = torch.bmm(q.transpose(1, 2), k) * (c ** -0.5)  # (b, query, key)
+            w = torch.softmax(w.float(), dim=2).to(v.dtype)
+            out = torch.bmm(v, w.transpose(1, 2)).reshape(b, c, height, width)
         return x + self.proj_out(out)
 
 

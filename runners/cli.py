@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the network in channels-last (NHWC) layout (faster tensor-core convolutions)")
     n.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (slow first batch, faster afterwards)")
+    n.add_argument("--compile_mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile's mode with --compile (reduce-overhead: CUDA graphs)")
+    n.add_argument("--attention", choices=("reference", "sdpa"), default="reference",
+                   help="attention blocks: reference (explicit product, float32 softmax, as the original code) "
+                        "or sdpa (PyTorch's fused scaled_dot_product_attention; equal up to float rounding)")
     n.add_argument("--mask", default=None,
                    help="inpainting mask: .npy or image file (1/bright = kept; square, side = image size or a "
                         "multiple), or random:R / box:R; default <exp>/inp_masks/mask.npy if present, else the "

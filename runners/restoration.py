@@ -287,7 +287,9 @@ def load_eps_model(plan: Plan):
     model = model.to(plan.device).eval().requires_grad_(False)
     dtype = getattr(args, "dtype", "auto")
     eps_model = EpsModel(model, plan.config, dtype=None if dtype == "auto" else dtype,
-                         channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False))
+                         channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False),
+                         compile_mode=getattr(args, "compile_mode", None),
+                         attention=getattr(args, "attention", "reference"))
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     LOG.info(f"model: {path} ({_precision(eps_model, plan.device)})")
@@ -301,8 +303,11 @@ def _precision(eps_model, device: torch.device) -> Optional[str]:
     parts = [str(eps_model.compute_dtype(device)).replace("torch.", "")]
     if getattr(eps_model, "channels_last", False):
         parts.append("channels_last")
+    if getattr(eps_model, "attention", "reference") != "reference":
+        parts.append(f"attention {eps_model.attention}")
     if getattr(eps_model, "compile", False):
-        parts.append("compiled")
+        mode = getattr(eps_model, "compile_mode", None)
+        parts.append(f"compiled ({mode})" if mode else "compiled")
     return ", ".join(parts)
 
 

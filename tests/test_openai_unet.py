@@ -178,3 +178,25 @@ def test_timestep_embedding_formula():
 def test_bad_attention_resolution_is_rejected():
     with pytest.raises(ValueError, match="attention_resolutions"):
         unet_from_config({**TINY, "attention_resolutions": "12"})
+
+
+def test_sdpa_attention_reproduces_the_fixture(small):
+    from guided_diffusion.models import set_attention
+    from guided_diffusion.openai_unet import _attend
+
+    model, fx = small
+    blocks = [m for m in model.modules() if hasattr(m, "use_sdpa")]
+    assert blocks and not any(m.use_sdpa for m in blocks)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 16, 50, generator=g) for _ in range(3))
+    assert (_attend(q, k, v, sdpa=True) - _attend(q, k, v)).abs().max() <= 1e-5
+    set_attention(model, "sdpa")
+    try:
+        assert all(m.use_sdpa for m in blocks)
+        with torch.no_grad():
+            out = model(fx["x"], fx["t"])
+    finally:
+        set_attention(model, "reference")
+    assert (out - fx["out"]).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="attention 'flash' is unknown"):
+        set_attention(model, "flash")

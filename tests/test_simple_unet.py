@@ -120,3 +120,19 @@ def test_attention_placement_follows_image_size():
     model = SimpleUNet(config)
     assert len(model.down[0].attn) == 0 and len(model.down[1].attn) == 1
     assert len(model.up[1].attn) == 2 and len(model.up[0].attn) == 0
+
+
+def test_sdpa_attention_reproduces_the_fixture(small):
+    from guided_diffusion.models import EpsModel
+
+    model, fx = small
+    with torch.no_grad():
+        ref = model(fx["x"], fx["t"])
+        eps = EpsModel(model, {"model": {"type": "simple"}}, attention="sdpa")
+        try:
+            assert any(getattr(m, "use_sdpa", False) for m in model.modules())
+            out = eps(fx["x"], fx["t"])
+        finally:
+            eps.model.apply(lambda m: setattr(m, "use_sdpa", False) if hasattr(m, "use_sdpa") else None)
+    assert (out - fx["out"]).abs().max().item() <= 1e-4
+    assert (out - ref).abs().max().item() <= 1e-5
