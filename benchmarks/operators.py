@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from functions.operators import DEGRADATIONS, build_operator  # noqa: E402
+from runners.restoration import sync_device  # noqa: E402
 
 REFERENCE_MS = {"inpainting": ("construction", 5800.0), "cs_blockbased": ("A^+(A x)", 64.0)}
 
@@ -38,18 +39,13 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device, repeat):
     """Median time of `repeat` calls and the last result."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
 
@@ -77,7 +73,7 @@ def main():
         build = lambda: build_operator(deg, args.size, 3, device=args.device)  # noqa: E731
         t = time.perf_counter()
         build()
-        _sync(args.device)
+        sync_device(args.device)
         t_cold = time.perf_counter() - t
         t_build, op = timed(build, args.device, args.repeat)
         op.A_pinv(op.A(x))                                            # warm-up

@@ -30,6 +30,7 @@ from functions.noise import PerImageNoise  # noqa: E402
 from functions.operators import DEGRADATIONS, build_operator  # noqa: E402
 from functions.samplers import DDNMRule, SamplerConfig, restore, sample  # noqa: E402
 from functions.schedules import build_schedule  # noqa: E402
+from runners.restoration import sync_device  # noqa: E402
 
 BETAS = make_betas({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_diffusion_timesteps": 1000})
 SCALES = {"sr_averagepooling": 4, "sr_bicubic": 4, "cs_walshhadamard": 0.25, "cs_blockbased": 0.25}
@@ -37,11 +38,6 @@ SCALES = {"sr_averagepooling": 4, "sr_bicubic": 4, "cs_walshhadamard": 0.25, "cs
 
 def zero_eps(x, t):
     return torch.zeros_like(x)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def reference_style_loop(op, y, x_T, steps, eta, device):
@@ -92,16 +88,21 @@ def project_loop(op, y, x_T, steps, eta, device):
     return sample(make_denoiser(zero_eps), DDNMRule(op, y, eta), x_T, schedule, levels, noise)
 
 
-def per_step_ms(fn, steps, device, repeat):
+def best_seconds(fn, device, repeat):
+    """Fastest of `repeat` timed calls of fn, after one untimed warm-up call."""
     fn()
-    sync(device)
+    sync_device(device)
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
-    return 1000 * best / steps
+    return best
+
+
+def per_step_ms(fn, steps, device, repeat):
+    return 1000 * best_seconds(fn, device, repeat) / steps
 
 
 def unet_ratio(device, size, steps, repeat):
@@ -116,15 +117,7 @@ def unet_ratio(device, size, steps, repeat):
     with torch.no_grad():
         for name, equs in (("DDNM", None), ("DDNM-EquS", "alternate")):
             cfg = SamplerConfig(steps=steps, equs=equs)
-            run = lambda: restore(eps_model, op, y, BETAS, cfg, seeds=[0])  # noqa: E731
-            run()
-            best = float("inf")
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                run()
-                sync(device)
-                best = min(best, time.perf_counter() - t0)
-            times[name] = best
+            times[name] = best_seconds(lambda: restore(eps_model, op, y, BETAS, cfg, seeds=[0]), device, repeat)
     return times
 
 

@@ -43,6 +43,7 @@ from functions.operators import build_operator  # noqa: E402
 from functions.samplers import SamplerConfig, restore  # noqa: E402
 from functions.transforms import get_transform  # noqa: E402
 from guided_diffusion.models import EpsModel, build_model, load_config  # noqa: E402
+from runners.restoration import sync_device  # noqa: E402
 
 ARCHS = {"celeba": ("simple (CelebA-HQ)", "celeba_hq.yml"), "imagenet": ("openai (ImageNet 256)", "imagenet_256.yml")}
 METHODS = {"ddnm": ("DDNM", None), "equs_alt": ("EquS alternate", "alternate"), "equs_avg": ("EquS average", "average")}
@@ -52,11 +53,6 @@ H100_FP16_DENSE_TFLOPS = 990.0
 
 
 # ---------------------------------------------------------------- measuring
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _rss_bytes() -> int:
     try:
@@ -155,11 +151,11 @@ def reference_style_restore(eps_model, op, y, x_T, betas, steps, eta, equs, devi
 
 def time_run(fn, device: torch.device):
     """(seconds, peak bytes) of one call, synced before and after."""
-    sync(device)
+    sync_device(device)
     with PeakMemory(device) as mem, torch.inference_mode():
         start = time.perf_counter()
         fn()
-        sync(device)
+        sync_device(device)
         seconds = time.perf_counter() - start
     return seconds, mem.peak
 
@@ -171,7 +167,7 @@ def count_syncs(fn, device: torch.device) -> int:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             fn()
-            sync(device)
+            sync_device(device)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)

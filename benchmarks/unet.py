@@ -20,13 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guided_diffusion.models import EpsModel, build_model, load_config  # noqa: E402
+from runners.restoration import sync_device  # noqa: E402
 
 ARCHS = (("simple (CelebA-HQ)", "celeba_hq.yml"), ("openai (ImageNet 256)", "imagenet_256.yml"))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_forward(eps, x, t, warmup: int, iters: int) -> list:
@@ -34,10 +30,10 @@ def time_forward(eps, x, t, warmup: int, iters: int) -> list:
     times = []
     with torch.inference_mode():
         for i in range(warmup + iters):
-            _sync(x.device)
+            sync_device(x.device)
             start = time.perf_counter()
             eps(x, t)
-            _sync(x.device)
+            sync_device(x.device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times

@@ -31,7 +31,7 @@ from functions.noise import seed_for
 from functions.operators import build_operator
 from functions.samplers import SamplerConfig, restore
 from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
-from runners.restoration import resolve_device
+from runners.restoration import resolve_device, sync_device
 from guided_diffusion.models import EpsModel, build_model, load_config
 from runners import data
 
@@ -141,8 +141,7 @@ def run(args):
                 t0 = time.time()
                 with torch.no_grad():
                     res = restore(eps_model, op, y, betas, cfg, seeds=[seed_for(seed, i) for i in range(len(items))])
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync_device(device)
                 m = evaluate(res.x0, x, op, y)
                 m["seconds"] = [(time.time() - t0) / len(items)]
                 per_seed.append(m)

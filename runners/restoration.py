@@ -92,6 +92,14 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
+def sync_device(device) -> None:
+    """Wait for the kernels queued on `device`, so that a clock read after it is honest
+    (GPU calls return before their work is done); nothing to wait for on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _check_flags(args) -> None:
     if args.sigma_y < 0:
         raise InputError(f"--sigma_y must be >= 0 (got {args.sigma_y}); it is the noise std in [0, 1] image units")
@@ -343,11 +351,6 @@ def _warn(message: str) -> None:
     LOG.warning(message)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _versions() -> Dict[str, Optional[str]]:
     from importlib import metadata
 
@@ -552,12 +555,12 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                                      "(give a list file with 'name label' lines)")
                 labels = torch.tensor([it.label for it in batch], device=device)
 
-            _sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             with torch.no_grad():
                 result = restore(_bind_labels(eps_model, labels), op, y, betas, plan.sampler_cfg,
                                  seeds=[seed_for(args.seed, it.index) for it in batch])
-            _sync(device)  # the one wait per batch: the sampling loop itself never reads back
+            sync_device(device)  # the one wait per batch: the sampling loop itself never reads back
             seconds = (time.perf_counter() - t0) / len(batch)
 
             x0 = result.x0.reshape(x.shape)
