@@ -95,12 +95,10 @@ class CropBank:
     of them, flipping (and turning) each independently: one gather, no host work.
     """
 
-    def __init__(self, sampler: CropSampler, n: int, device, dtype=torch.float16, chunk: int = 256):
-        rot90, sampler.rot90 = sampler.rot90, False  # augment per draw instead
-        parts = []
-        for start in range(0, n, chunk):
-            parts.append(sampler.sample(min(chunk, n - start)).to(device, dtype))
-        sampler.rot90 = rot90
+    def __init__(self, sampler: CropSampler, n: int, device, dtype=torch.float16, chunk: int = 256,
+                 rot90: bool = False):
+        # quarter turns (and flips) are drawn per batch, so the pool's own crops need none
+        parts = [sampler.sample(min(chunk, n - start)).to(device, dtype) for start in range(0, n, chunk)]
         self.bank, self.rot90 = torch.cat(parts), rot90
 
     def sample(self, batch: int, generator) -> torch.Tensor:
@@ -194,9 +192,9 @@ def train(args) -> dict:
     bank = None
     if args.crop_bank:
         # its own generator, so that a resumed run rebuilds the same bank
-        bank_sampler = CropSampler([im.to(device) for im in images], size, args.min_scale, args.rot90,
+        bank_sampler = CropSampler([im.to(device) for im in images], size, args.min_scale, False,
                                    torch.Generator().manual_seed(args.seed + 2))
-        bank = CropBank(bank_sampler, args.crop_bank, device)
+        bank = CropBank(bank_sampler, args.crop_bank, device, rot90=args.rot90)
     base_lr = args.lr
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     pending = []  # per-step losses still on the device
