@@ -42,7 +42,7 @@ from functions.equivariance import predict_x0  # noqa: E402
 from functions.operators import build_operator  # noqa: E402
 from functions.samplers import SamplerConfig, restore  # noqa: E402
 from functions.transforms import get_transform  # noqa: E402
-from guided_diffusion.models import EpsModel, build_model, load_config  # noqa: E402
+from guided_diffusion.models import ATTENTION_KINDS, EpsModel, build_model, load_config  # noqa: E402
 from runners.restoration import sync_device  # noqa: E402
 
 ARCHS = {"celeba": ("simple (CelebA-HQ)", "celeba_hq.yml"), "imagenet": ("openai (ImageNet 256)", "imagenet_256.yml")}
@@ -208,7 +208,7 @@ def parse_args(argv=None):
                         "both UNets, whose GroupNorms convert it back to NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (this project's loop only)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
-    p.add_argument("--attention", choices=("reference", "sdpa"), default="reference",
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default="reference",
                    help="this project's attention blocks (sdpa: PyTorch's fused kernel)")
     p.add_argument("--reference", choices=("all", "ddnm", "none"), default="all",
                    help="which methods also run the reference-style loop")

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network precision: auto = the config's use_fp16 on CUDA (guided-diffusion's fp16 body), "
                         "else fp32; fp16 / bf16 force it for either UNet (the sampler stays fp32)")
     n.add_argument("--channels_last", action="store_true",
-                   help="run the network in channels-last (NHWC) layout (faster tensor-core convolutions)")
+                   help="run the network in channels-last (NHWC) layout (slower for both UNets on an H100: "
+                        "their GroupNorms convert back; see docs/cli.md)")
     n.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (slow first batch, faster afterwards)")
     n.add_argument("--compile_mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
