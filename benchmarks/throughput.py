@@ -38,7 +38,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from functions.diffusion import make_betas  # noqa: E402
-from functions.equivariance import predict_x0  # noqa: E402
 from functions.operators import build_operator  # noqa: E402
 from functions.samplers import SamplerConfig, restore  # noqa: E402
 from functions.transforms import get_transform  # noqa: E402
@@ -125,6 +124,9 @@ def reference_style_restore(eps_model, op, y, x_T, betas, steps, eta, equs, devi
     def abar(t):
         padded = torch.cat([torch.zeros(1, device=device), b])
         return (1 - padded).cumprod(0).index_select(0, t.long() + 1).view(-1, 1, 1, 1)
+
+    def predict_x0(x, e, a):  # the reference's expression, three passes
+        return (x - e * (1 - a).sqrt()) / a.sqrt()
 
     xs, x0_preds = [x_T.to("cpu", copy=True)], []
     for u, (i, j) in enumerate(zip(reversed(seq), reversed(seq_next))):

@@ -26,7 +26,8 @@ EPS_MAPPINGS = ("official", "consistent")
 
 
 def predict_x0(x_t, eps, abar_t):
-    return (x_t - eps * (1 - abar_t).sqrt()) / abar_t.sqrt()
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), in two passes over the image."""
+    return torch.addcmul(x_t, eps, -(1 - abar_t).sqrt()).div_(abar_t.sqrt())
 
 
 class PlainDenoiser:

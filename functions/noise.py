@@ -17,9 +17,14 @@ class PerImageNoise:
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        """A (B, *shape) draw, row i from image i's generator, made on the device."""
-        return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)
-                            for g in self.generators])
+        """A (B, *shape) draw, row i from image i's generator, made on the device.
+
+        Each row is filled in place (the numbers torch.randn(shape, generator=g)
+        would give), so no per-image tensors are allocated and then stacked."""
+        out = torch.empty((len(self.generators),) + tuple(shape), device=self.device, dtype=dtype)
+        for row, g in zip(out, self.generators):
+            row.normal_(generator=g)
+        return out
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.generators):

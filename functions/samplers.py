@@ -31,19 +31,24 @@ class DDNMRule:
 
     def __init__(self, op, y, eta: float):
         self.op, self.y, self.eta = op, y, float(eta)
+        self._pinv_y = None
 
     def init(self, x_T, abar_first):
         return x_T
 
     def project(self, x0, abar_next):
-        return x0 - self.op.A_pinv(self.op.A(x0) - self.y)
+        """x0 - A^+(A x0 - y), as null_space(x0) + A^+ y with A^+ y formed once."""
+        if self._pinv_y is None:
+            self._pinv_y = self.op.A_pinv(self.y)
+        return self.op.null_space(x0) + self._pinv_y
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
         x0_hat = self.project(x0, abar_next)
         sigma_next = (1 - abar_next).sqrt()
-        x_next = abar_next.sqrt() * x0_hat + sigma_next * (1 - self.eta ** 2) ** 0.5 * eps
+        # three passes over the image: scale, then two fused multiply-adds
+        x_next = torch.addcmul(abar_next.sqrt() * x0_hat, eps, sigma_next * (1 - self.eta ** 2) ** 0.5)
         if self.eta > 0:
-            x_next = x_next + sigma_next * self.eta * noise.randn_like(x0)
+            x_next.addcmul_(noise.randn_like(x0), sigma_next * self.eta)
         return x_next, x0_hat
 
 

@@ -262,6 +262,17 @@ def test_pseudo_inverse(deg, size):
 
 
 @pytest.mark.parametrize("deg,size", GRID)
+def test_null_space_is_the_complement_of_pinv_a(deg, size):
+    """null_space(x) = x - A^+ A x (the overrides included), and A cannot see it."""
+    op = make(deg, size)
+    x = rand(2, 3, size, size)
+    null = op.null_space(x)
+    assert null.shape == x.shape
+    assert max_err(null, x - op.A_pinv(op.A(x))) <= 1e-9 * x.abs().max()
+    assert op.A(null).abs().max() <= 1e-9 * x.abs().max()
+
+
+@pytest.mark.parametrize("deg,size", GRID)
 def test_adjoint(deg, size):
     op = make(deg, size)
     x, y = rand(2, 3, size, size), rand(2, op.num_measurements, seed=1)

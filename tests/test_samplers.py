@@ -193,6 +193,16 @@ def test_batch_size_does_not_change_results(cfg):
     assert (batch[0] - batch[1]).abs().max() > 1e-3 or cfg.eta == 0
 
 
+def test_per_image_noise_rows_are_each_seeds_own_stream():
+    """Row i is what torch.randn gives image i's seed, whatever else shares the batch."""
+    seeds = [7, 3, 11]
+    batch = PerImageNoise(seeds).randn((3, 5, 4))
+    for i, s in enumerate(seeds):
+        alone = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(s))
+        assert torch.equal(batch[i], alone)
+    assert torch.equal(PerImageNoise([3]).randn((3, 5, 4))[0], batch[1])
+
+
 def test_noisy_y_always_runs_ddnm_plus():
     op = _op("sr_averagepooling")
     y = op.A(asymmetric_mean(SIZE))

@@ -172,6 +172,15 @@ class SVDOperator:
     def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         return self.V(self.add_zeros(self._pinv_singulars() * self.Ut(y)))
 
+    def null_space(self, x: torch.Tensor) -> torch.Tensor:
+        """(I - A^+ A) x, the part of image x that A does not see; image -> image.
+
+        DDNM's projection is x0 - A^+(A x0 - y) = null_space(x0) + A^+ y, with A^+ y
+        formed once per run. Subclasses override this where the projector is
+        cheaper than A followed by A^+ (a mask, half the matrix products)."""
+        x = self._image(x)
+        return x - self.A_pinv(self.A(x))
+
     def _pinv_singulars(self) -> torch.Tensor:
         s = self.singulars()
         return torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))

@@ -110,6 +110,10 @@ class WalshHadamardCS(SVDOperator):
         self._idx = interleaved_index(self.perm, self.channels, HW)
         self._inv = inverse_index(self._idx)
         self._idx_m = self._idx[: self._m].contiguous()
+        n = self.image_size
+        unmeasured = torch.ones(self.N, device=self.device, dtype=self.dtype)
+        unmeasured[self._idx_m] = 0
+        self._unmeasured = unmeasured.reshape(self.channels, n, n)
 
     def singulars(self):
         return self._s
@@ -118,12 +122,22 @@ class WalshHadamardCS(SVDOperator):
         """Orthonormal Walsh-Hadamard transform of each channel's flattened image (its own inverse).
 
         The flat index is split into digits of the factor sizes (most significant
-        first); each step applies H_f to the leading digit and rotates it to the end.
+        first); H_f is applied to each digit in place, as a matrix product over a
+        (before, f, after) view, so no step transposes or copies the data.
         """
         shape = x.shape
-        t = x.reshape(-1, shape[-1] * shape[-2])
+        n = shape[-1] * shape[-2]
+        t = x.reshape(-1, n)
+        rows = t.shape[0]
+        before, after = rows, n
         for f in self._factor_sizes:
-            t = (self._factors[f] @ t.reshape(t.shape[0], f, -1)).transpose(1, 2).reshape(t.shape[0], -1)
+            after //= f
+            H = self._factors[f]
+            if after == 1:      # the last digit: a plain product on the right (H is symmetric)
+                t = (t.reshape(-1, f) @ H).reshape(rows, n)
+            else:
+                t = torch.matmul(H, t.reshape(before, f, after)).reshape(rows, n)
+            before *= f
         return t.reshape(shape)
 
     def _order(self, T):
@@ -152,6 +166,10 @@ class WalshHadamardCS(SVDOperator):
 
     def A_pinv(self, y):
         return self.At(y)
+
+    def null_space(self, x):
+        """fwht(unmeasured * fwht(x)): the transform is its own inverse, so no gather or scatter."""
+        return self.fwht(self.fwht(self._image(x)) * self._unmeasured)
 
     def _reference_noise_coords(self, x):
         return self._order(self._image(x))

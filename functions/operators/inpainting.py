@@ -34,6 +34,7 @@ class Inpainting(SVDOperator):
         self._order = torch.cat([self._kept_idx, missing_idx])
         self._unorder = inverse_index(self._order)
         self._s = torch.ones(self._kept_idx.numel(), device=self.device, dtype=self.dtype)
+        self._missing = (~self.mask).to(self.dtype)      # (H, W), broadcast over channels
 
     def singulars(self):
         return self._s
@@ -59,6 +60,10 @@ class Inpainting(SVDOperator):
 
     def A_pinv(self, y):
         return self.At(y)
+
+    def null_space(self, x):
+        return self._image(x) * self._missing
+
 
     def state_dict(self):
         return {"mask": self.mask.to(torch.uint8).cpu()}
