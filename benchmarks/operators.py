@@ -1,4 +1,5 @@
-"""Operator speed: construction time and one A^+(A x) per degradation.
+"""Operator speed: construction time, one A^+(A x) and one null_space(x) (what DDNM's step
+runs: x - A^+ A x) per degradation.
 
 Compares against the reference implementation's figures quoted in issue 2
 (2-core CPU): its inpainting operator takes 5.8 s to construct at 256 x 256 (a
@@ -67,8 +68,9 @@ def main():
     print(f"# operators at {args.size}x{args.size}, batch {args.batch}, {args.device} ({where}, "
           f"{os.cpu_count()} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}\n")
-    print("| degradation | m | construction, cold (ms) | construction (ms) | A^+(A x) (ms) | reference |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| degradation | m | construction, cold (ms) | construction (ms) | A^+(A x) (ms) | null_space(x) (ms) "
+          "| reference |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for deg in DEGRADATIONS:
         build = lambda: build_operator(deg, args.size, 3, device=args.device)  # noqa: E731
         t = time.perf_counter()
@@ -78,13 +80,15 @@ def main():
         t_build, op = timed(build, args.device, args.repeat)
         op.A_pinv(op.A(x))                                            # warm-up
         t_apply, _ = timed(lambda: op.A_pinv(op.A(x)), args.device, args.repeat)
+        op.null_space(x)
+        t_null, _ = timed(lambda: op.null_space(x), args.device, args.repeat)
         ref = ""
         if deg in REFERENCE_MS:
             what, ms = REFERENCE_MS[deg]
             mine = t_build if what == "construction" else t_apply
             ref = f"{what}: {ms:.0f} ms ({ms / (1000 * mine):.0f}x faster)"
         print(f"| {deg} | {op.num_measurements} | {1000 * t_cold:.1f} | {1000 * t_build:.1f} | "
-              f"{1000 * t_apply:.2f} | {ref} |")
+              f"{1000 * t_apply:.2f} | {1000 * t_null:.2f} | {ref} |")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from functions.noise import PerImageNoise  # noqa: E402
 from functions.operators import DEGRADATIONS, build_operator  # noqa: E402
 from functions.samplers import DDNMRule, SamplerConfig, restore, sample  # noqa: E402
 from functions.schedules import build_schedule  # noqa: E402
+from functions.transforms import get_transform  # noqa: E402
 from runners.restoration import sync_device  # noqa: E402
 
 BETAS = make_betas({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_diffusion_timesteps": 1000})
@@ -123,7 +124,13 @@ def unet_ratio(device, size, steps, repeat):
 
     with torch.no_grad():
         seconds = best_seconds([run(None), run("alternate")], device, repeat)
-    return dict(zip(("DDNM", "DDNM-EquS"), seconds))
+        # what EquS adds on a transformed step, timed alone (steady, unlike two whole runs on a shared
+        # machine): flip x_t on the way in and the x0 prediction on the way out, against one forward
+        flip = get_transform("hflip")
+        x = torch.randn(1, 3, size, size, device=device)
+        t = torch.full((1,), 500.0, device=device)
+        flips, forward = best_seconds([lambda: flip.inverse(flip(x)), lambda: eps_model(x, t)], device, repeat)
+    return dict(zip(("DDNM", "DDNM-EquS"), seconds)), flips, forward
 
 
 def main():
@@ -162,12 +169,15 @@ def main():
             cells.append(f"{ours:.2f} / {ref:.2f} | {ref / ours:.1f}x")
         print(f"| {deg} | {' | '.join(cells)} |")
     if not args.skip_unet:
-        times = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
+        times, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
         print(f"\nDemo UNet (random weights), {args.unet_size}x{args.unet_size}, {args.unet_steps} steps, sr_averagepooling x4:")
         print("| sampler | seconds | ratio to DDNM |")
         print("|---|---|---|")
         for name, sec in times.items():
             print(f"| {name} | {sec:.2f} | {sec / times['DDNM']:.3f} |")
+        print(f"\nEquS's own work per transformed step (flip x_t, flip x0 back): {1e6 * flips:.1f} us, "
+              f"{100 * flips / forward:.3f}% of one UNet forward ({1000 * forward:.1f} ms); it runs on every "
+              f"other step, so its expected wall-time ratio is {1 + flips / forward / 2:.4f}.")
 
 
 if __name__ == "__main__":

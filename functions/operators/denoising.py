@@ -37,6 +37,9 @@ class Denoising(SVDOperator):
     def A_pinv(self, y):
         return self._image(y)
 
+    def null_space(self, x):
+        return torch.zeros_like(self._image(x))     # A = I sees everything
+
     def lambda_coefficients(self, a, sigma_y, sigma_t, eta):
         lam, d1, d2 = super().lambda_coefficients(a, sigma_y, sigma_t, eta)
         if not self._reference_active():
