@@ -3,8 +3,9 @@
 A subclass supplies the decomposition -- `Vt`, `V`, `Ut`, `U` and the singular
 values -- and this class derives everything else once: A, A^T, A^+ and DDNM+'s
 noise-aware scalings Lambda (DDNM Eq. 17) and Lambda_noise (the noise term of
-DDNM Eq. 51). Subclasses may override A / At / A_pinv with direct forms
-(pooling, masks, separable matrices) when the result is the same operator.
+DDNM Eq. 51). Subclasses may override A / At / A_pinv / null_space (x - A^+ A x,
+DDNM's projection) with direct forms (pooling, masks, separable matrices) when the
+result is the same operator.
 
 Conventions (those of DDRM's `H_funcs`, which DDRM and DDNM call):
 - images are (B, C, H, W); spectral vectors are (B, N) with N = C*H*W, ordered so
