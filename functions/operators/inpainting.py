@@ -64,7 +64,6 @@ class Inpainting(SVDOperator):
     def null_space(self, x):
         return self._image(x) * self._missing
 
-
     def state_dict(self):
         return {"mask": self.mask.to(torch.uint8).cpu()}
 
