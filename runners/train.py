@@ -126,6 +126,19 @@ def export_ema(ema_state: dict, path: Path, dtype=torch.float16):
     save_atomic({k: (v.to(dtype) if v.is_floating_point() else v).cpu() for k, v in ema_state.items()}, path)
 
 
+LR_DECAYS = ("none", "cosine")
+
+
+def learning_rate(step: int, base: float, warmup: int, decay: str, total: int, final: float) -> float:
+    """The learning rate of optimiser step `step` (0-based): linear warmup over `warmup`
+    steps, then constant or a cosine from `base` down to `final * base` at step total - 1."""
+    lr = base * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    if decay == "cosine":
+        progress = min(1.0, step / max(1, total - 1))
+        lr *= final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="model config (name in configs/ or a path)")
@@ -145,6 +158,10 @@ def parse_args(argv=None):
     p.add_argument("--export", default=None, help="also write the EMA weights (fp16) to this path at every save")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warmup over this many steps")
+    p.add_argument("--lr_decay", choices=LR_DECAYS, default="none",
+                   help="cosine: anneal the learning rate over --steps to --lr_final x --lr (a resumed run "
+                        "must keep --steps); none: constant after the warmup")
+    p.add_argument("--lr_final", type=float, default=0.05, help="the last step's share of --lr with --lr_decay cosine")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",
                    help="bf16 autocast for the forward pass (fast on GPUs and on CPUs with AMX)")
     p.add_argument("--channels_last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
@@ -186,6 +203,12 @@ def train(args) -> dict:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, losses = int(state["step"]), list(state["losses"])
+        schedule = state.get("lr_schedule", "none")
+        if args.lr_decay != "none" or schedule != "none":
+            if schedule != f"{args.lr_decay} over {args.steps}":
+                raise ValueError(f"--lr_decay {args.lr_decay} --steps {args.steps}: {state_path} was trained with "
+                                 f"the learning-rate schedule '{schedule}'; resume with the same --lr_decay and "
+                                 f"--steps, or start a new --out")
         crops.g.set_state(state["crop_rng"])
         g_noise.set_state(state["noise_rng"].to(g_noise.get_state().device) if device.type != "cpu" else state["noise_rng"])
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
@@ -195,14 +218,16 @@ def train(args) -> dict:
         bank_sampler = CropSampler([im.to(device) for im in images], size, args.min_scale, False,
                                    torch.Generator().manual_seed(args.seed + 2))
         bank = CropBank(bank_sampler, args.crop_bank, device, rot90=args.rot90)
-    base_lr = args.lr
+    if args.lr_decay != "none" and not 0 <= args.lr_final <= 1:
+        raise ValueError(f"--lr_final {args.lr_final}: must be in [0, 1]")
+    lr_schedule = "none" if args.lr_decay == "none" else f"{args.lr_decay} over {args.steps}"
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     pending = []  # per-step losses still on the device
 
     def save():
         save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                      "step": step, "losses": losses, "crop_rng": crops.g.get_state(),
-                     "noise_rng": g_noise.get_state().cpu()}, state_path)
+                     "noise_rng": g_noise.get_state().cpu(), "lr_schedule": lr_schedule}, state_path)
         export_ema(ema.state_dict(), out / "ema.pt")
         if args.export:
             export_ema(ema.state_dict(), Path(args.export))
@@ -231,9 +256,10 @@ def train(args) -> dict:
         with autocast:
             pred = model(x_t, t.float())
         loss = (pred.float() - eps).square().mean()
-        if args.warmup:
+        if args.warmup or args.lr_decay != "none":
+            lr = learning_rate(step, args.lr, args.warmup, args.lr_decay, args.steps, args.lr_final)
             for group in opt.param_groups:
-                group["lr"] = base_lr * min(1.0, (step + 1) / args.warmup)
+                group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

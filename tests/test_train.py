@@ -15,7 +15,7 @@ from PIL import Image
 
 from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
 from guided_diffusion.models import build_model, load_config
-from runners.train import main as train_main
+from runners.train import learning_rate, main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +110,41 @@ def test_gpu_recipe_flags_train_and_resume_on_cpu(tmp_path):
     resumed = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
     assert resumed["losses"][:6] == straight["losses"][:6]
     assert np.allclose(resumed["losses"], straight["losses"], rtol=1e-4, atol=1e-6)
+
+
+def test_learning_rate_warms_up_then_anneals_to_its_final_share():
+    lrs = [learning_rate(s, 1e-3, 10, "cosine", 100, 0.05) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4)                                  # a tenth of the warmup, cosine at 1
+    assert lrs[-1] == pytest.approx(0.05e-3)
+    assert all(b <= a for a, b in zip(lrs[9:], lrs[10:]))                 # decreasing after the warmup
+    assert lrs[50] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 50 / 99))))
+    assert [learning_rate(s, 1e-3, 4, "none", 100, 0.05) for s in (0, 3, 99)] == [2.5e-4, 1e-3, 1e-3]
+
+
+def test_cosine_schedule_resumes_exactly_and_refuses_other_lengths(tmp_path, capsys):
+    """A run cut short (--minutes 0 stops after one step) and resumed gives the straight
+    run's losses; resuming with another --steps would change the schedule, so it is refused."""
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "ema.pt")
+
+    def run(out, steps, *extra):
+        return train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(out),
+                           "--batch_size", "4", "--lr", "2e-3", "--ema", "0.5", "--seed", "3", "--steps", str(steps),
+                           "--lr_decay", "cosine", "--warmup", "2", "--log_every", "1", *extra])
+
+    assert run(tmp_path / "a", 8) == 0
+    straight = torch.load(tmp_path / "a" / "train_state.pt", weights_only=True)
+    assert straight["lr_schedule"] == "cosine over 8"
+    assert run(tmp_path / "b", 8, "--minutes", "0") == 0
+    assert torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)["step"] == 1
+    assert run(tmp_path / "b", 8) == 0
+    resumed = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    assert resumed["step"] == 8
+    assert np.allclose(resumed["losses"], straight["losses"], rtol=1e-4, atol=1e-6)
+    capsys.readouterr()
+    assert run(tmp_path / "b", 16) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cosine over 8" in err and "--steps" in err
 
 
 def test_crop_bank_draws_flipped_crops_from_its_pool():
