@@ -6,7 +6,8 @@
 # Needs exp/datasets/demo_train and exp/datasets/demo (runners.demo_data.materialise_demo_sets()).
 # DEVICE, BANK, BATCH, TP_ARGS and AB_ARGS override the GPU settings (a CPU dry run uses them);
 # PHASES picks what runs (default "train throughput ablation"; "speed" times the network
-# variants at batch 8: NCHW with the reference loop, --attention sdpa, and sdpa + CUDA graphs).
+# variants at batch 8: NCHW with the reference loop, --attention sdpa, and sdpa + CUDA graphs,
+# then benchmarks/sampler_overhead.py on the GPU).
 OUT=${1:-${OUT:-exp/gpu_session}}
 MINUTES=${2:-3.6}
 DEVICE=${DEVICE:-cuda}
@@ -54,6 +55,8 @@ timeout 90 python3 benchmarks/throughput.py $SP --reference none --attention sdp
 timeout 240 python3 benchmarks/throughput.py $SP --reference none --attention sdpa --compile --compile_mode reduce-overhead \
   --json "$OUT/speed_sdpa_graphs.json" >>"$LOG" 2>&1
 echo "speed rc=$?" >>"$LOG"
+echo "== sampler overhead on the GPU (zero-cost denoiser; noise draws are cheap there)" >>"$LOG"
+timeout 60 python3 benchmarks/sampler_overhead.py --device "$DEVICE" --skip_unet >>"$LOG" 2>&1
 fi
 
 if has ablation; then
