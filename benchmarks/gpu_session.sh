@@ -8,6 +8,13 @@
 # PHASES picks what runs (default "train throughput ablation"; "speed" times the network
 # variants at batch 8: NCHW with the reference loop, --attention sdpa, and sdpa + CUDA graphs,
 # then benchmarks/sampler_overhead.py on the GPU).
+#
+# The next session's plan (15 device-minutes; one call runs at most 10 minutes; carry exp/datasets):
+#   call 1: STEPS=3600 PHASES="train ablation" AB_ARGS="--steps 100 --seeds 0 1 --tasks inpainting sr_bicubic
+#           --rows DDNM DDNM-EquS+" bash benchmarks/gpu_session.sh $OUT 7.5
+#           (a longer, cosine-annealed demo prior, then the two tasks of issue 6's classical-row test)
+#   call 2: PHASES="ablation speed" AB_ARGS="--steps 100 --seeds 0 1" bash benchmarks/gpu_session.sh $OUT
+#           with weights/demo_ema.pt from call 1 committed or carried (the full ablation, then issue 7's grid)
 OUT=${1:-${OUT:-exp/gpu_session}}
 MINUTES=${2:-3.6}
 DEVICE=${DEVICE:-cuda}
