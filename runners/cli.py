@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clamp each x0 prediction to [-1, 1] before the projection (guided-diffusion's "
                         "clip_denoised; the official DDNM does not); default: sampling.clip_x0 of the config, else off")
     n.add_argument("--steps", type=int, default=None, help="sampling steps (default: time_travel.T_sampling of the config)")
+    n.add_argument("--travel_length", type=int, default=None,
+                   help="RePaint time travel: jump back this many steps (default: time_travel.travel_length of the "
+                        "config; 1 = none)")
+    n.add_argument("--travel_repeat", type=int, default=None,
+                   help="RePaint time travel: go over each jump this many times (default: time_travel.travel_repeat "
+                        "of the config; 1 = none)")
     n.add_argument("--schedule", choices=("uniform", "tas", "tas_dedup"), default=None,
                    help="timestep schedule (default: uniform; tas with --EquSplus)")
     n.add_argument("--batch_size", type=int, default=None, help="images per batch (default: sampling.batch_size of the config)")

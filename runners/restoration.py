@@ -200,6 +200,15 @@ def _check_output_path(root: Path) -> None:
         raise InputError(f"output path {probe} is a file, not a folder; choose another --exp or -i")
 
 
+def _flag_or_config(args, name: str, travel: dict) -> int:
+    """--travel_length / --travel_repeat when given, else the config's time_travel value (1: no travel)."""
+    value = getattr(args, name, None)
+    value = int(travel.get(name, 1)) if value is None else int(value)
+    if value < 1:
+        raise InputError(f"--{name} must be >= 1 (got {value}; 1 means no time travel)")
+    return value
+
+
 def _sampler_config(args, config):
     from functions.samplers import SamplerConfig
 
@@ -213,8 +222,8 @@ def _sampler_config(args, config):
     schedule = args.schedule or ("tas" if args.EquSplus else "uniform")
     cfg = SamplerConfig(
         sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
-        schedule=schedule, travel_length=int(travel.get("travel_length", 1)),
-        travel_repeat=int(travel.get("travel_repeat", 1)), equs=equs, transform=args.transform,
+        schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
+        travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
         eps_mapping=args.eps_mapping,
         clip_x0=bool(args.clip_x0 if getattr(args, "clip_x0", None) is not None
                      else (config.get("sampling") or {}).get("clip_x0", False)),

@@ -309,3 +309,20 @@ def test_clip_x0_flag_and_config_default_reach_the_sampler():
     assert _sampler_config(parse(base), {}).clip_x0 is False                       # reference default: off
     assert _sampler_config(parse(base + ["--clip_x0"]), {}).clip_x0 is True
     assert _sampler_config(parse(base), {"sampling": {"clip_x0": True}}).clip_x0 is True
+
+
+def test_time_travel_flags_override_the_config_and_refuse_zero():
+    from runners import cli
+    from runners.errors import InputError
+    from runners.restoration import _sampler_config
+
+    base = ["--config", "demo.yml", "--deg", "inpainting", "--path_y", "demo", "--steps", "10"]
+    parse = cli.build_parser().parse_args
+    travel = {"time_travel": {"travel_length": 3, "travel_repeat": 2}}
+    cfg = _sampler_config(parse(base), travel)
+    assert (cfg.travel_length, cfg.travel_repeat) == (3, 2)                    # the config's, as the reference
+    cfg = _sampler_config(parse(base + ["--travel_length", "2", "--travel_repeat", "4"]), travel)
+    assert (cfg.travel_length, cfg.travel_repeat) == (2, 4)
+    assert (_sampler_config(parse(base), {}).travel_length, _sampler_config(parse(base), {}).travel_repeat) == (1, 1)
+    with pytest.raises(InputError, match="--travel_repeat must be >= 1"):
+        _sampler_config(parse(base + ["--travel_repeat", "0"]), {})
