@@ -111,7 +111,6 @@ class DDRMRule:
         sigma_next = ((1 - abar_next) / abar_next).sqrt()
         s, sigma_0 = self.s, self.sigma_0
         Vt_x0 = self.op.Vt(x0)
-        B = Vt_x0.shape[0]
         z_C = noise.randn_like(Vt_x0)
         z_A = noise.randn_like(self.U_t_y)
         z_B = noise.randn_like(self.U_t_y)

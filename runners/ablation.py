@@ -16,7 +16,6 @@ of the per-seed means over images: PSNR / SSIM / consistency / seconds per image
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -392,8 +392,6 @@ def _finished_records(out: OutputFolder, fingerprint: str) -> List[dict]:
 
 def _write_grid(out: OutputFolder, records: List[dict]) -> None:
     """A^+ y | result | ground truth for the first few images, from the saved files."""
-    import io
-
     import torchvision.transforms.functional as TF
     from PIL import Image
     from torchvision.utils import make_grid

@@ -2,7 +2,6 @@
 import json
 import re
 
-import pytest
 
 from runners import summary
 from tests.shared import shared_path

@@ -44,7 +44,7 @@ class AveragePoolSR(SVDOperator):
         return self._s
 
     def _patches(self, x):
-        B, C, n, r, k = x.shape[0], self.channels, self.image_size, self.factor, self.small
+        B, C, r, k = x.shape[0], self.channels, self.factor, self.small
         return x.reshape(B, C, k, r, k, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C * k * k, r * r)
 
     def _unpatch(self, p):
@@ -152,7 +152,7 @@ class BicubicSR(SVDOperator):
 
     def Vt(self, x):
         x = self._image(x)
-        B, C, n, k = x.shape[0], self.channels, self.image_size, self.small
+        B, C, k = x.shape[0], self.channels, self.small
         T = self._V_small.T @ x @ self._V_small
         parts = [T[:, :, :k, :k].reshape(B, C, -1), T[:, :, :k, k:].reshape(B, C, -1),
                  T[:, :, k:, :].reshape(B, C, -1)]
