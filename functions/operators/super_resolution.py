@@ -78,9 +78,10 @@ class AveragePoolSR(SVDOperator):
         return F.avg_pool2d(x, self.factor).reshape(x.shape[0], -1)
 
     def _upsample(self, y):
-        y = self._flat(y).reshape(-1, self.channels, self.small, self.small)
-        r = self.factor
-        return y.repeat_interleave(r, dim=2).repeat_interleave(r, dim=3)
+        """Nearest upsampling by r: a broadcast view of each pixel over its patch, copied once."""
+        B, C, k, r = y.shape[0], self.channels, self.small, self.factor
+        y = self._flat(y).reshape(B, C, k, 1, k, 1)
+        return y.expand(B, C, k, r, k, r).reshape(B, C, k * r, k * r)
 
     def At(self, y):
         return self._upsample(y) / self.factor ** 2
