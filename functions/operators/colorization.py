@@ -28,6 +28,8 @@ class Colorization(SVDOperator):
         self._V_small = self._t(V)
         self._w = self._t(U[0, 0] * S[0] * V[:, 0])   # = the weights, exactly u s v_1 of the factors
         self._s = self._t(S[:1]).repeat(image_size ** 2)
+        w64 = self._w.double()
+        self._null = (torch.eye(3, dtype=torch.float64, device=w64.device) - torch.outer(w64, w64) / (w64 @ w64)).to(dtype=self.dtype)
 
     def singulars(self):
         return self._s
@@ -56,6 +58,11 @@ class Colorization(SVDOperator):
 
     def A_pinv(self, y):
         return self.At(y) / (self._w ** 2).sum()
+
+    def null_space(self, x):
+        """(I - w w^T / |w|^2) applied to each pixel's colour: one 3 x 3 product."""
+        x = self._image(x)
+        return torch.einsum("dc,bchw->bdhw", self._null, x)
 
     def _reference_noise_coords(self, x):
         return self._flat(self._image(x))
