@@ -29,7 +29,8 @@ class Colorization(SVDOperator):
         self._w = self._t(U[0, 0] * S[0] * V[:, 0])   # = the weights, exactly u s v_1 of the factors
         self._s = self._t(S[:1]).repeat(image_size ** 2)
         w64 = self._w.double()
-        self._null = (torch.eye(3, dtype=torch.float64, device=w64.device) - torch.outer(w64, w64) / (w64 @ w64)).to(dtype=self.dtype)
+        eye = torch.eye(3, dtype=torch.float64, device=w64.device)
+        self._null = (eye - torch.outer(w64, w64) / (w64 @ w64)).to(self.dtype)    # I - A^+ A per pixel
 
     def singulars(self):
         return self._s
