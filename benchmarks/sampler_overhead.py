@@ -20,6 +20,7 @@
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -92,22 +93,30 @@ def project_loop(op, y, x_T, steps, eta, device):
     return sample(make_denoiser(zero_eps), DDNMRule(op, y, eta), x_T, schedule, levels, noise)
 
 
-def best_seconds(fns, device, repeat):
-    """Fastest of `repeat` timed calls of each of fns, after one untimed warm-up call each.
+def round_seconds(fns, device, repeat):
+    """`repeat` rounds of timed calls, each of fns once per round (after one untimed
+    warm-up call each): a list of rounds, each a list of seconds in the order of fns.
 
     The functions take turns within each round, so a machine whose speed drifts
     (a shared CPU) slows them alike instead of favouring whichever ran first."""
     for fn in fns:
         fn()
     sync_device(device)
-    best = [float("inf")] * len(fns)
+    rounds = []
     for _ in range(repeat):
-        for k, fn in enumerate(fns):
+        times = []
+        for fn in fns:
             t0 = time.perf_counter()
             fn()
             sync_device(device)
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            times.append(time.perf_counter() - t0)
+        rounds.append(times)
+    return rounds
+
+
+def best_seconds(fns, device, repeat):
+    """Fastest of `repeat` timed calls of each of fns (taking turns, see round_seconds)."""
+    return [min(column) for column in zip(*round_seconds(fns, device, repeat))]
 
 
 def unet_ratio(device, size, steps, repeat):
@@ -123,14 +132,16 @@ def unet_ratio(device, size, steps, repeat):
         return lambda: restore(eps_model, op, y, BETAS, cfg, seeds=[0])
 
     with torch.no_grad():
-        seconds = best_seconds([run(None), run("alternate")], device, repeat)
+        rounds = round_seconds([run(None), run("alternate")], device, repeat)
+        seconds = [min(column) for column in zip(*rounds)]
+        paired = statistics.median(equs / ddnm for ddnm, equs in rounds)
         # what EquS adds on a transformed step, timed alone (steady, unlike two whole runs on a shared
         # machine): flip x_t on the way in and the x0 prediction on the way out, against one forward
         flip = get_transform("hflip")
         x = torch.randn(1, 3, size, size, device=device)
         t = torch.full((1,), 500.0, device=device)
         flips, forward = best_seconds([lambda: flip.inverse(flip(x)), lambda: eps_model(x, t)], device, repeat)
-    return dict(zip(("DDNM", "DDNM-EquS"), seconds)), flips, forward
+    return dict(zip(("DDNM", "DDNM-EquS"), seconds)), paired, flips, forward
 
 
 def main():
@@ -169,13 +180,15 @@ def main():
             cells.append(f"{ours:.2f} / {ref:.2f} | {ref / ours:.1f}x")
         print(f"| {deg} | {' | '.join(cells)} |")
     if not args.skip_unet:
-        times, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
+        times, paired, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
         print(f"\nDemo UNet (random weights), {args.unet_size}x{args.unet_size}, {args.unet_steps} steps, sr_averagepooling x4:")
         print("| sampler | seconds | ratio to DDNM |")
         print("|---|---|---|")
         for name, sec in times.items():
             print(f"| {name} | {sec:.2f} | {sec / times['DDNM']:.3f} |")
-        print(f"\nEquS's own work per transformed step (flip x_t, flip x0 back): {1e6 * flips:.1f} us, "
+        print(f"\nMedian over the {args.repeat} rounds of EquS / DDNM within a round (each round runs both, in "
+              f"turn): {paired:.3f}")
+        print(f"EquS's own work per transformed step (flip x_t, flip x0 back): {1e6 * flips:.1f} us, "
               f"{100 * flips / forward:.3f}% of one UNet forward ({1000 * forward:.1f} ms); it runs on every "
               f"other step, so its expected wall-time ratio is {1 + flips / forward / 2:.4f}.")
 
