@@ -6,14 +6,16 @@
    written the reference's way: every x_t and x0 copied to the host and kept in a
    list, abar recomputed from the betas each step, and A^+ applied through the
    generic SVD path (U^T, divide, pad with zeros, V) as the reference's H_funcs
-   does, and A through H = U diag(s) V^T. On a CPU device the host copy is a real copy (.clone()), since .to('cpu')
-   of a CPU tensor would cost nothing. Target: at least 3x less overhead.
-   Timed at eta 0.85 (the reference's default) and at eta 0: at 0.85 both loops
-   draw the same torch.randn image every step, and on a CPU that shared draw is
-   most of the cheap operators' step, which bounds their ratio.
+   does, and A through H = U diag(s) V^T. On a CPU device the host copy is a real
+   copy (.clone()), since .to('cpu') of a CPU tensor would cost nothing. Target: at
+   least 3x less overhead. Timed at eta 0.85 (the reference's default) and at eta 0
+   (the reference draws its noise whatever eta; this loop draws none at 0): at 0.85
+   both loops draw the same torch.randn image every step, and on a CPU that shared
+   draw is most of the cheap operators' step, which bounds their ratio.
 2. The wall-time ratio EquS / DDNM with a real small UNet (the demo architecture,
    random weights) at --unet_size: EquS adds no network evaluation, so the target
-   is at most 1.03.
+   is at most 1.03. Reported as the ratio of best times, as the median of paired
+   rounds, and from EquS's own per-step work (two flips) timed alone.
 
     python benchmarks/sampler_overhead.py [--size 256] [--steps 20] [--device cpu]
 """
