@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from guided_diffusion._config import cfg_get
 from guided_diffusion.fp16 import convert_module_to
+from guided_diffusion.layers import upsample_nearest2x
 
 NUM_CLASSES = 1000
 
@@ -85,7 +86,7 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(self.channels, self.out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = upsample_nearest2x(x)
         return self.conv(x) if self.use_conv else x
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guided_diffusion._config import cfg_get, cfg_section
+from guided_diffusion.layers import upsample_nearest2x
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,7 +54,7 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, channels, 3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = upsample_nearest2x(x)
         return self.conv(x) if self.with_conv else x
 
 

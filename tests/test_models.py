@@ -94,3 +94,15 @@ def test_bad_dtype_rejected():
     config = load_config("celeba_hq")
     with pytest.raises(ValueError, match="dtype must be"):
         EpsModel(torch.nn.Identity(), config, dtype="int8")
+
+
+def test_upsample_nearest2x_is_interpolate_bit_for_bit_in_both_layouts():
+    import torch.nn.functional as F
+    from guided_diffusion.layers import upsample_nearest2x
+
+    x = torch.randn(2, 5, 6, 7, generator=torch.Generator().manual_seed(0))
+    ref = F.interpolate(x, scale_factor=2, mode="nearest")
+    assert torch.equal(upsample_nearest2x(x), ref)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out = upsample_nearest2x(x_cl)
+    assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
