@@ -173,6 +173,8 @@ def parse_args(argv=None):
 
 
 def train(args) -> dict:
+    if args.lr_decay != "none" and not 0 <= args.lr_final <= 1:
+        raise ValueError(f"--lr_final {args.lr_final}: must be in [0, 1]")
     device = resolve_device(args.device)  # the runner's choice and checks of --device
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,8 +220,6 @@ def train(args) -> dict:
         bank_sampler = CropSampler([im.to(device) for im in images], size, args.min_scale, False,
                                    torch.Generator().manual_seed(args.seed + 2))
         bank = CropBank(bank_sampler, args.crop_bank, device, rot90=args.rot90)
-    if args.lr_decay != "none" and not 0 <= args.lr_final <= 1:
-        raise ValueError(f"--lr_final {args.lr_final}: must be in [0, 1]")
     lr_schedule = "none" if args.lr_decay == "none" else f"{args.lr_decay} over {args.steps}"
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     pending = []  # per-step losses still on the device
