@@ -22,12 +22,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None: those flags say in their help which
+    config value they fall back to."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="main.py",
         description="Zero-shot diffusion image restoration (DDNM, DDNM+, DDRM, with EquS / EquS+). "
                     "Accepts the official DDNM/EquS command lines unchanged; see docs/cli.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     o = p.add_argument_group("official flags (DDNM / EquS)")
     o.add_argument("--config", required=True, help="model config: a file in configs/ (e.g. celeba_hq.yml) or a path")
