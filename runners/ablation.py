@@ -200,22 +200,26 @@ def write_outputs(results, grid_tiles, args, names):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="demo.yml")
-    p.add_argument("--path_y", default="demo")
-    p.add_argument("--exp", default="exp")
-    p.add_argument("--ckpt", default=None)
-    p.add_argument("--out", default="exp/ablation")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--eta", type=float, default=0.85)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--config", default="demo.yml", help="model config (a file in configs/ or a path)")
+    p.add_argument("--path_y", default="demo", help="held-out images: folder <exp>/datasets/NAME, or a path")
+    p.add_argument("--exp", default="exp", help="root for datasets/ and checkpoints")
+    p.add_argument("--ckpt", default=None, help="checkpoint file (default: the config's)")
+    p.add_argument("--out", default="exp/ablation", help="folder for ablation.md, ablation.json, ablation_grid.png")
+    p.add_argument("--steps", type=int, default=100, help="sampling steps of every diffusion row")
+    p.add_argument("--eta", type=float, default=0.85, help="DDIM eta (DDRM etaA = etaC) of every diffusion row")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="run seeds: each row is run once per seed, reported as mean and spread")
     p.add_argument("--heavy_seeds", type=int, nargs="*", default=None,
                    help="seeds for the 8-copy d4 average row (default: the first of --seeds)")
-    p.add_argument("--tasks", nargs="*", choices=list(TASKS), default=None)
-    p.add_argument("--rows", nargs="*", choices=list(ROWS), default=None)
+    p.add_argument("--tasks", nargs="*", choices=list(TASKS), default=None, metavar="TASK",
+                   help=f"tasks to run (default: all): {', '.join(TASKS)}")
+    p.add_argument("--rows", nargs="*", choices=list(ROWS), default=None, metavar="ROW",
+                   help=f"diffusion rows to run (default: all; the classical rows always run): "
+                        f"{', '.join(repr(r) for r in ROWS)}")
     p.add_argument("--clip_x0", action="store_true", help="clamp x0 predictions to [-1, 1] in every diffusion row")
     p.add_argument("--travel_length", type=int, default=1, help="RePaint time travel for every diffusion row")
-    p.add_argument("--travel_repeat", type=int, default=1)
-    p.add_argument("--device", default=None)
+    p.add_argument("--travel_repeat", type=int, default=1, help="RePaint time travel: repeats of each jump")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
     results, tiles, names = run(args)
     write_outputs(results, tiles, args, names)
