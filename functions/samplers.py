@@ -31,15 +31,13 @@ class DDNMRule:
 
     def __init__(self, op, y, eta: float):
         self.op, self.y, self.eta = op, y, float(eta)
-        self._pinv_y = None
+        self._pinv_y = op.A_pinv(y)
 
     def init(self, x_T, abar_first):
         return x_T
 
     def project(self, x0, abar_next):
         """x0 - A^+(A x0 - y), as null_space(x0) + A^+ y with A^+ y formed once."""
-        if self._pinv_y is None:
-            self._pinv_y = self.op.A_pinv(self.y)
         return self.op.null_space(x0) + self._pinv_y
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
