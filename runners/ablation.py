@@ -62,7 +62,7 @@ def classical(task: str, op, y, size):
 
     `y` lives on the operator's device; scikit-image works on host copies."""
     if task.startswith("sr_bicubic"):
-        low = op.A_pinv(y)  # not used for the upsampling itself; the LR image comes from y below
+        low = op.A_pinv(y)  # y as an image; bicubic downsampling of it is the LR image that is upsampled
         factor = int(TASKS[task]["deg_scale"])
         lr = F.interpolate(low, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False)
         up = F.interpolate(lr, size=(size, size), mode="bicubic", align_corners=False)
@@ -70,8 +70,7 @@ def classical(task: str, op, y, size):
     if task == "inpainting":
         from skimage.restoration import inpaint_biharmonic
 
-        ones = torch.ones(1, 3, size, size, dtype=y.dtype, device=y.device)
-        keep = op.A_pinv(op.A(ones))[0, 0].cpu() > 0.5
+        keep = op.mask.cpu()                         # the inpainting operator's kept pixels
         known = op.A_pinv(y).cpu()
         out = []
         for img in known:
