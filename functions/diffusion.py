@@ -4,6 +4,7 @@ The reference indexes abar with t = -1 meaning "no noise" (abar = 1) so that the
 last reverse step lands exactly on x0; `NoiseLevels.abar(t)` keeps that
 convention, with the table built once on the sampling device.
 """
+import numpy as np
 import torch
 
 
@@ -24,14 +25,29 @@ def make_betas(diffusion_cfg: dict) -> torch.Tensor:
 
 
 class NoiseLevels:
-    """abar(t) = prod_{s<=t} (1 - beta_s), with abar(-1) = 1, kept on one device."""
+    """abar(t) = prod_{s<=t} (1 - beta_s), with abar(-1) = 1.
+
+    The table is computed once in float32 (the reference's arithmetic) and kept
+    twice: as a tensor on the sampling device (`table`), and as Python floats for
+    the sampling loop. A step's coefficients are then plain numbers handed to the
+    kernels as arguments: no 0-dim tensor arithmetic per step (on a GPU, each such
+    op is a kernel launch) and no host sync.
+    """
 
     def __init__(self, betas: torch.Tensor, device=None):
-        betas = betas.to(device=device, dtype=torch.float32)
-        padded = torch.cat([torch.zeros(1, device=betas.device), betas])
-        self._abar = (1 - padded).cumprod(0)  # index t + 1
-        self.num_timesteps = betas.numel()
+        # float32 factors, products accumulated in float64 and rounded to float32:
+        # what torch's CPU cumprod of (1 - betas) computes, without dispatching a tensor op
+        one_minus = 1 - np.asarray(betas.tolist(), dtype=np.float32)
+        table = np.concatenate([[1.0], np.cumprod(one_minus.astype(np.float64))]).astype(np.float32)
+        self._host = table.tolist()  # index t + 1
+        self._abar = torch.tensor(self._host, dtype=torch.float32, device=device)
+        self.num_timesteps = len(one_minus)
 
-    def abar(self, t: int) -> torch.Tensor:
-        """A 0-dim tensor on the sampling device (no host sync)."""
-        return self._abar[t + 1]
+    @property
+    def table(self) -> torch.Tensor:
+        """abar on the device, indexed by t + 1."""
+        return self._abar
+
+    def abar(self, t: int) -> float:
+        """abar(t) as a Python float (t = -1 gives 1.0)."""
+        return self._host[t + 1]

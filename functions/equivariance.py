@@ -14,6 +14,7 @@ and DDRM alike.
 - `AverageEquS` (the design card's mode): eps = mean_g T_g^-1 model(T_g x_t), all
   copies through one batched forward pass; each copy counts as one NFE.
 """
+import math
 from typing import Callable, Sequence, Tuple
 
 import torch
@@ -26,8 +27,13 @@ EPS_MAPPINGS = ("official", "consistent")
 
 
 def predict_x0(x_t, eps, abar_t):
-    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), in two passes over the image."""
-    return torch.addcmul(x_t, eps, -(1 - abar_t).sqrt()).div_(abar_t.sqrt())
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), in two passes over the image.
+
+    abar_t is a Python float (what the sampling loop passes: the coefficients go to
+    the kernels as arguments) or a tensor that broadcasts against x_t."""
+    if isinstance(abar_t, torch.Tensor):
+        return torch.addcmul(x_t, eps, -(1 - abar_t).sqrt()).div_(abar_t.sqrt())
+    return torch.add(x_t, eps, alpha=-math.sqrt(1 - abar_t)).div_(math.sqrt(abar_t))
 
 
 class PlainDenoiser:

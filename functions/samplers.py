@@ -10,6 +10,7 @@ State stays on the sampling device: the loop keeps the current x_t and the last
 x0 prediction, nothing else, and never reads a value back to the host; pass a
 `callback` to look at intermediate states.
 """
+import math
 from dataclasses import dataclass, field, asdict
 from typing import Callable, List, Optional, Sequence
 
@@ -37,17 +38,20 @@ class DDNMRule:
         return x_T
 
     def project(self, x0, abar_next):
-        """x0 - A^+(A x0 - y), as null_space(x0) + A^+ y with A^+ y formed once."""
-        return self.op.null_space(x0) + self._pinv_y
+        """x0 - A^+(A x0 - y), as null_space(x0) + A^+ y with A^+ y formed once
+        (added in place: null_space returns a new tensor)."""
+        return self.op.null_space(x0).add_(self._pinv_y)
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
         x0_hat = self.project(x0, abar_next)
-        sigma_next = (1 - abar_next).sqrt()
-        # three passes over the image: scale, then two fused multiply-adds
-        x_next = torch.addcmul(abar_next.sqrt() * x0_hat, eps, sigma_next * (1 - self.eta ** 2) ** 0.5)
+        a, sigma_next = math.sqrt(abar_next), math.sqrt(1 - abar_next)
+        c_eps = sigma_next * math.sqrt(1 - self.eta ** 2)
         if self.eta > 0:
-            x_next.addcmul_(noise.randn_like(x0), sigma_next * self.eta)
-        return x_next, x0_hat
+            # the fresh noise draw is the output buffer: scale it, then two fused adds
+            x_next = noise.randn_like(x0).mul_(sigma_next * self.eta).add_(eps, alpha=c_eps)
+        else:
+            x_next = torch.mul(eps, c_eps)
+        return x_next.add_(x0_hat, alpha=a), x0_hat
 
 
 class DDNMPlusRule(DDNMRule):
@@ -61,7 +65,7 @@ class DDNMPlusRule(DDNMRule):
         self.sigma_y = float(sigma_y)
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
-        a, sigma_next = abar_next.sqrt(), (1 - abar_next).sqrt()
+        a, sigma_next = math.sqrt(abar_next), math.sqrt(1 - abar_next)
         correction = self.op.A_pinv(self.op.A(x0) - self.y)
         x0_hat = x0 - self.op.Lambda(correction, a, self.sigma_y, sigma_next, self.eta)
         z = noise.randn_like(x0)
@@ -95,7 +99,7 @@ class DDRMRule:
     def init(self, x_T, abar_first):
         """p(x_T | y): measured coordinates start at y/s plus just enough noise."""
         B = x_T.shape[0]
-        sigma_T = ((1 - abar_first) / abar_first).sqrt()
+        sigma_T = math.sqrt((1 - abar_first) / abar_first)
         large = self.s * sigma_T > self.sigma_0
         inv = torch.where(large, self.sigma_0 / self.safe_s, torch.zeros_like(self.s))
         start = torch.where(large, self.Sig_inv_U_t_y, torch.zeros_like(self.U_t_y))
@@ -106,7 +110,7 @@ class DDRMRule:
         return self.op.V(coords)
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
-        sigma_next = ((1 - abar_next) / abar_next).sqrt()
+        sigma_next = math.sqrt((1 - abar_next) / abar_next)
         s, sigma_0 = self.s, self.sigma_0
         Vt_x0 = self.op.Vt(x0)
         z_C = noise.randn_like(Vt_x0)
@@ -114,20 +118,20 @@ class DDRMRule:
         z_B = noise.randn_like(self.U_t_y)
 
         std_C = sigma_next * self.etaC
-        missing = Vt_x0 + (sigma_next ** 2 - std_C ** 2).sqrt() * self.op.Vt(eps) + std_C * z_C
+        missing = Vt_x0 + math.sqrt(max(sigma_next ** 2 - std_C ** 2, 0.0)) * self.op.Vt(eps) + std_C * z_C
 
         Vt_x0_m, _ = self._split(Vt_x0)
         missing_m, missing_rest = self._split(missing)
         std_A = sigma_next * self.etaA
         residual = (self.U_t_y - Vt_x0_m * s) / max(sigma_0, 1e-30)
-        after = Vt_x0_m + (sigma_next ** 2 - std_A ** 2).sqrt() * residual + std_A * z_A
+        after = Vt_x0_m + math.sqrt(max(sigma_next ** 2 - std_A ** 2, 0.0)) * residual + std_A * z_A
         diff_B = (sigma_next ** 2 - sigma_0 ** 2 / self.safe_s ** 2 * self.etaB ** 2).clamp_min(0).sqrt()
         before = self.Sig_inv_U_t_y * self.etaB + (1 - self.etaB) * Vt_x0_m + diff_B * z_B
 
         is_before = s * sigma_next > sigma_0
         is_after = s * sigma_next < sigma_0
         coords_m = torch.where(is_before, before, torch.where(is_after, after, missing_m))
-        x_next = abar_next.sqrt() * self.op.V(torch.cat([coords_m, missing_rest], dim=1))
+        x_next = math.sqrt(abar_next) * self.op.V(torch.cat([coords_m, missing_rest], dim=1))
         return x_next, x0
 
 
@@ -152,7 +156,7 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
                 x0 = x0.clamp(-1, 1)
             x, x0_last = rule.step(x, x0, eps, abar_t, abar_next, noise)
         else:  # time travel: re-noise the last x0 prediction up to t_next
-            x = abar_next.sqrt() * x0_last + (1 - abar_next).sqrt() * noise.randn_like(x0_last)
+            x = noise.randn_like(x0_last).mul_(math.sqrt(1 - abar_next)).add_(x0_last, alpha=math.sqrt(abar_next))
         if callback is not None:
             callback(i, step, x, x0_last)
     return x

@@ -13,7 +13,7 @@ BETAS = make_betas({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0
 class GaussianEps:
     def __init__(self, mean: torch.Tensor, var: float, betas: torch.Tensor = BETAS):
         self.mean, self.var = mean, float(var)
-        self.abar = NoiseLevels(betas, device=mean.device)._abar.to(mean.dtype)
+        self.abar = NoiseLevels(betas, device=mean.device).table.to(mean.dtype)
         self.calls = 0
 
     def __call__(self, x, t):

@@ -114,13 +114,14 @@ def test_sampling_loop_never_reads_back(model_cfg, sampler, sigma_y, equs):
 
     op, cfg = _op(), {"data": {"image_size": 32, "channels": 3}, "model": model_cfg}
     sc = SamplerConfig(sampler=sampler, sigma_y=sigma_y, steps=3, equs=equs)
+    betas = make_betas({})  # the config's constants, made on the host before sampling (as a run does)
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         eps = EpsModel(build_model(cfg).eval(), cfg)
         y = op.A(torch.rand(3, 3, 32, 32))
-        out = restore(eps, op, y, make_betas({}), sc, seeds=[1, 2, 3]).x0
+        out = restore(eps, op, y, betas, sc, seeds=[1, 2, 3]).x0
         assert out.shape == (3, 3, 32, 32)
         with pytest.raises(DataDependentOutputException):  # the guard works: one read in the loop fails
-            restore(eps, op, y, make_betas({}), sc, seeds=[1, 2, 3],
+            restore(eps, op, y, betas, sc, seeds=[1, 2, 3],
                     callback=lambda i, step, x, x0: float(x.mean()))
 
 
@@ -133,10 +134,10 @@ def test_ddnm_projection_never_reads_back_for_any_operator(deg):
     scale = {"sr_averagepooling": 2, "cs_walshhadamard": 0.25, "cs_blockbased": 0.25}.get(deg)
     op = build_operator(deg, image_size=32, channels=3, deg_scale=scale, device=torch.device("cpu"))
     cfg = {"data": {"image_size": 32, "channels": 3}, "model": TINY_MODEL}
-    y = op.A(torch.rand(2, 3, 32, 32))
+    y, betas = op.A(torch.rand(2, 3, 32, 32)), make_betas({})
     with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
         eps = EpsModel(build_model(cfg).eval(), cfg)
-        out = restore(eps, op, y, make_betas({}), SamplerConfig(steps=3), seeds=[1, 2]).x0
+        out = restore(eps, op, y, betas, SamplerConfig(steps=3), seeds=[1, 2]).x0
         assert out.shape == (2, 3, 32, 32)
 
 

@@ -270,6 +270,10 @@ def test_null_space_is_the_complement_of_pinv_a(deg, size):
     assert null.shape == x.shape
     assert max_err(null, x - op.A_pinv(op.A(x))) <= 1e-9 * x.abs().max()
     assert op.A(null).abs().max() <= 1e-9 * x.abs().max()
+    # DDNM's projection adds A^+ y to it in place: it must be a new tensor, not x or a view of x
+    before = x.clone()
+    null.add_(1.0)
+    assert torch.equal(x, before)
 
 
 @pytest.mark.parametrize("deg,size", GRID)

@@ -178,7 +178,8 @@ class SVDOperator:
 
         DDNM's projection is x0 - A^+(A x0 - y) = null_space(x0) + A^+ y, with A^+ y
         formed once per run. Subclasses override this where the projector is
-        cheaper than A followed by A^+ (a mask, half the matrix products)."""
+        cheaper than A followed by A^+ (a mask, half the matrix products). The
+        result is always a new tensor: DDNM adds A^+ y to it in place."""
         x = self._image(x)
         return x - self.A_pinv(self.A(x))
 
