@@ -49,9 +49,8 @@ class DDNMRule:
         if self.eta > 0:
             # the fresh noise draw is the output buffer: scale it, then two fused adds
             x_next = noise.randn_like(x0).mul_(sigma_next * self.eta).add_(eps, alpha=c_eps)
-        else:
-            x_next = torch.mul(eps, c_eps)
-        return x_next.add_(x0_hat, alpha=a), x0_hat
+            return x_next.add_(x0_hat, alpha=a), x0_hat
+        return torch.mul(x0_hat, a).add_(eps, alpha=c_eps), x0_hat   # in x0_hat's dtype, like the eta > 0 path
 
 
 class DDNMPlusRule(DDNMRule):
@@ -135,6 +134,7 @@ class DDRMRule:
         return x_next, x0
 
 
+@torch.no_grad()
 def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: NoiseLevels,
            noise, callback: Optional[Callable] = None, clip_x0: bool = False) -> torch.Tensor:
     """Walk the schedule from x_T and return the final x (at t = -1).
@@ -144,6 +144,9 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
     at high noise x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies small
     eps errors by up to ~150, and in the operator's null space (the chroma, for
     colorization) nothing pulls such errors back. The eps is left as predicted.
+
+    Runs without autograd, so that a model whose weights require grad does not keep
+    every step's activations (memory would grow with the number of steps).
     """
     x = rule.init(x_T, levels.abar(schedule[0].t))
     x0_last = None
@@ -217,7 +220,8 @@ def restore(eps_model, op, y: torch.Tensor, betas: torch.Tensor, cfg: SamplerCon
 
     Randomness: `noise` (an object with randn_like) or, by default, one seeded
     generator per image from `seeds`, which also draws x_T; image i's result
-    depends only on its own seed.
+    depends only on its own seed. Without `seeds` the images get 0..B-1, so pass
+    `seeds` (the runner's are per dataset index) whenever batches are split.
     """
     device = y.device
     B = y.shape[0]

@@ -58,7 +58,7 @@ class Shift(Transform):
 
     def __init__(self, dy: int, dx: int):
         self.dy, self.dx = int(dy), int(dx)
-        self.name = f"shift{self.dy},{self.dx}"
+        self.name = f"shift{self.dy}:{self.dx}"
 
     def __call__(self, x):
         return torch.roll(x, shifts=(self.dy, self.dx), dims=(-2, -1))
@@ -91,7 +91,7 @@ def _parse_shift(name: str) -> Tuple[int, int]:
     try:
         return int(parts[0]), int(parts[1])
     except ValueError:
-        raise ValueError(f"transform '{name}': write a shift as shift, shift8 or shift8,16 (dy,dx in pixels)") from None
+        raise ValueError(f"transform '{name}': write a shift as shift, shift8 or shift8,16 / shift8:16 (dy, dx in pixels)") from None
 
 
 TRANSFORM_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "shift", "transpose", "antitranspose")
@@ -124,10 +124,24 @@ GROUPS = {
 }
 
 
+def _split_names(spec: str) -> List[str]:
+    """'hflip,shift8,16,rot90' -> ['hflip', 'shift8:16', 'rot90']: a number after a shift is its dx."""
+    names: List[str] = []
+    for token in (t.strip() for t in spec.replace("+", ",").split(",")):
+        if not token:
+            continue
+        dy = names[-1][len("shift"):].strip(":") if names and names[-1].startswith("shift") else ""
+        if dy.lstrip("-").isdigit() and token.lstrip("-").isdigit():   # a shift with dy only so far
+            names[-1] = f"shift{dy}:{token}"
+        else:
+            names.append(token)
+    return names
+
+
 def get_transforms(spec: str) -> List[Transform]:
     """A set of transforms: a named group (flips, rotations, d4, random) or a comma list."""
     spec = spec.strip().lower()
-    names: Sequence[str] = GROUPS.get(spec) or [s for s in spec.replace("+", ",").split(",") if s]
+    names: Sequence[str] = GROUPS.get(spec) or _split_names(spec)
     if not names:
         raise ValueError("empty transform set; give a group (d4, flips, rotations, random) or names like 'identity,hflip'")
     return [get_transform(n) for n in names]

@@ -7,6 +7,7 @@ weights_only=True, tensor names and shapes of the config's model) and only then
 renamed into place. Every failure is a one-line CheckpointError that says where to
 get the file and where to put it.
 """
+import hashlib
 import os
 import tempfile
 import urllib.error
@@ -244,6 +245,24 @@ def validate_checkpoint(path: Union[str, Path], expected: Optional[Mapping[str, 
         if diff:
             raise CheckpointError(f"{path} does not match the model: {diff}")
     return state
+
+
+def checkpoint_id(path: Union[str, Path], whole_below: int = 256 << 20, part: int = 16 << 20) -> str:
+    """A short content digest of a checkpoint file: sha256 of the whole file, or for files
+    over `whole_below` bytes of their size and first and last `part` bytes (retrained or
+    fine-tuned weights differ everywhere, and a 2 GB file is not read again on every resume)."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size <= whole_below:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(part))
+            f.seek(size - part)
+            h.update(f.read(part))
+    return h.hexdigest()[:16]
 
 
 def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:

@@ -33,7 +33,13 @@ def load_config(name_or_path: Union[str, Path]) -> dict:
     for candidate in candidates:
         if candidate.is_file():
             with open(candidate, "r", encoding="utf-8") as f:
-                config = yaml.safe_load(f)
+                try:
+                    config = yaml.safe_load(f)
+                except yaml.YAMLError as e:
+                    where = getattr(e, "problem_mark", None)
+                    at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+                    problem = getattr(e, "problem", None) or type(e).__name__
+                    raise ValueError(f"config {candidate} is not valid YAML{at}: {problem}; fix the file") from None
             if not isinstance(config, dict):
                 raise ValueError(f"config {candidate} must be a YAML mapping, got {type(config).__name__}")
             return config

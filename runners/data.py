@@ -55,7 +55,7 @@ def resolve_root(path_y: str, exp: str) -> Path:
     photographs on first use (runners/demo_data.py).
     """
     candidates = [Path(exp) / "datasets" / path_y, Path(path_y)]
-    if path_y in ("demo", "demo_train") and not candidates[0].is_dir():
+    if path_y in ("demo", "demo_train") and not (candidates[0].is_dir() and any(candidates[0].iterdir())):
         from runners.demo_data import materialise_demo_sets
 
         materialise_demo_sets(exp)

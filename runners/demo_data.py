@@ -7,6 +7,8 @@ Nothing is committed: `materialise_demo_sets(exp)` writes, on first use,
 `data.cat()` is pixel-identical to chelsea, so it is in neither set.
 """
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,6 @@ def _load(name: str) -> np.ndarray:
     return img[..., :3]
 
 
-def _save_atomic(img: np.ndarray, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def held_out_tiles(name: str, size: int = 64, grid: int = 2):
     """Centre square, resized so its side is size*grid, cut into grid x grid tiles."""
     img = Image.fromarray(_load(name))
@@ -47,19 +43,34 @@ def held_out_tiles(name: str, size: int = 64, grid: int = 2):
             for r in range(grid) for c in range(grid)}
 
 
+def _write_folder(target: Path, make_images) -> None:
+    """Write make_images()'s {stem: image} as PNGs into `target`, all at once: they go to a
+    fresh hidden folder beside it, which is then renamed into place. An interrupted first
+    use leaves no half-filled set, and processes that race (torchrun ranks) each build
+    their own copy; the first rename wins and the others discard theirs."""
+    if target.is_dir():
+        if any(target.iterdir()):
+            return
+        target.rmdir()  # an empty folder (left by an older version): fill it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        for stem, img in make_images().items():
+            Image.fromarray(img).save(tmp / f"{stem}.png", format="PNG")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def materialise_demo_sets(exp: str = "exp", size: int = 64) -> dict:
     """Write the demo's training and held-out folders if they are missing; return their paths."""
     root = Path(exp) / "datasets"
     train, held = root / "demo_train", root / "demo"
-    train.mkdir(parents=True, exist_ok=True)
-    held.mkdir(parents=True, exist_ok=True)
-    for name in TRAIN_NAMES:
-        path = train / f"{name}.png"
-        if not path.exists():
-            _save_atomic(_load(name), path)
-    for name in HELD_OUT_NAMES:
-        for tile, img in held_out_tiles(name, size).items():
-            path = held / f"{tile}.png"
-            if not path.exists():
-                _save_atomic(img, path)
+    _write_folder(train, lambda: {name: _load(name) for name in TRAIN_NAMES})
+    _write_folder(held, lambda: {tile: img for name in HELD_OUT_NAMES for tile, img in held_out_tiles(name, size).items()})
     return {"train": str(train), "demo": str(held)}

@@ -28,6 +28,7 @@ batch (timing, metrics, saving).
 import hashlib
 import json
 import logging
+import math
 import platform
 import shlex
 import subprocess
@@ -101,8 +102,9 @@ def sync_device(device) -> None:
 
 
 def _check_flags(args) -> None:
-    if args.sigma_y < 0:
-        raise InputError(f"--sigma_y must be >= 0 (got {args.sigma_y}); it is the noise std in [0, 1] image units")
+    if not (args.sigma_y >= 0 and math.isfinite(args.sigma_y)):
+        raise InputError(f"--sigma_y must be a number >= 0 (got {args.sigma_y}); it is the noise std in [0, 1] "
+                         f"image units")
     if not 0.0 <= args.eta <= 1.0:
         raise InputError(f"--eta must be in [0, 1] (got {args.eta})")
     if not 0.0 <= args.etaB <= 1.0:
@@ -127,7 +129,8 @@ def _check_speed_flags(args, device: torch.device) -> None:
     dtype = getattr(args, "dtype", "auto")
     if dtype not in DTYPES:
         raise InputError(f"--dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
-    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    # bf16 tensor cores from compute capability 8.0 (Ampere); is_bf16_supported() would also accept emulation
+    if dtype == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         raise InputError(f"--dtype bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          f"use fp16 or fp32")
 
@@ -224,7 +227,7 @@ def _sampler_config(args, config):
         sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
         schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
         travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
-        eps_mapping=args.eps_mapping,
+        eps_mapping=args.eps_mapping, transform_seed=int(args.seed),
         clip_x0=bool(args.clip_x0 if getattr(args, "clip_x0", None) is not None
                      else (config.get("sampling") or {}).get("clip_x0", False)),
     )
@@ -258,6 +261,16 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
 
     items = data.build_dataset(args.path_y, args.exp, config, args.subset_start, args.subset_end)
     data.verify_images(items)
+    reserved = OutputFolder(Path("."))
+    clash = [it for it in items if Path(f"{it.name}.png") == reserved.grid]
+    if clash:
+        raise InputError(f"input image {clash[0].path} would be written as {reserved.grid.name}, the name of the "
+                         f"comparison grid in the output folder; rename that file")
+    if bool((config.get("model", {}) or {}).get("class_cond", False)):
+        unlabelled = [it.name for it in items if it.label < 0]
+        if unlabelled:
+            raise InputError(f"this model is class-conditional but {len(unlabelled)} image(s) have no class label "
+                             f"(e.g. {unlabelled[0]}); give a list file with 'name label' lines")
 
     from functions.operators import build_operator
 
@@ -474,7 +487,7 @@ def execute(plan: Plan) -> Optional[Dict]:
                          f"add --overwrite to replace them or choose another -i")
     # Rank 0 alone reads the records and tells the others what is left, so that every rank
     # shards the very same list (a rank starting late must not see another's fresh records).
-    state = None
+    state, done = None, {}
     if ctx.is_main:
         done = {} if args.overwrite else {r["name"]: r for r in _finished_records(out, plan.fingerprint)}
         state = ([it.name for it in plan.items if it.name not in done], [r.get("psnr") for r in done.values()])
@@ -491,9 +504,12 @@ def execute(plan: Plan) -> Optional[Dict]:
     # The first process on each node resolves (and if need be downloads) the checkpoint before
     # the others look for it; a missing checkpoint fails here, before any write.
     eps_model, model_path = None, (previous or {}).get("checkpoint")
+    model_id = (previous or {}).get("checkpoint_id")
     first_on_node = ctx.local_rank == 0
     if pending and first_on_node and (mine or ctx.is_main):
         eps_model, model_path = load_eps_model(plan)
+        if ctx.is_main:
+            model_id = _check_same_checkpoint(previous, done, model_path)
     ctx.barrier()
     if pending and not first_on_node and mine:
         eps_model, model_path = load_eps_model(plan)
@@ -504,7 +520,7 @@ def execute(plan: Plan) -> Optional[Dict]:
             out.clear()
         out.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
-                                         "checkpoint": model_path,
+                                         "checkpoint": model_path, "checkpoint_id": model_id,
                                          "command": "python main.py " + shlex.join(plan.argv)})
     ctx.barrier()
     if mine:
@@ -519,6 +535,20 @@ def execute(plan: Plan) -> Optional[Dict]:
                     f"(e.g. {missing[0]}); the output folder must be shared by all nodes")
     LOG.info(comparison_table(results["summary"]))
     return results
+
+
+def _check_same_checkpoint(previous: Optional[dict], done: dict, model_path: str) -> str:
+    """The loaded checkpoint's content id; refuses to add images restored by other weights
+    (a retrained or replaced file at the same path) to finished ones."""
+    from guided_diffusion.checkpoints import checkpoint_id
+
+    model_id = checkpoint_id(model_path)
+    before = (previous or {}).get("checkpoint_id")
+    if done and before and before != model_id:
+        raise InputError(f"the checkpoint {model_path} is not the one that restored the {len(done)} finished "
+                         f"image(s) in this folder (its content changed since); add --overwrite to restore them "
+                         f"all with it, or choose another -i")
+    return model_id
 
 
 def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_psnr: List[float],
@@ -556,10 +586,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                     y = y + sigma_model * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
                 apy = op.A_pinv(y).reshape(x.shape)
             labels = None
-            if class_cond:
-                if any(it.label < 0 for it in batch):
-                    raise InputError("this model is class-conditional but the images have no class labels "
-                                     "(give a list file with 'name label' lines)")
+            if class_cond:  # every image has a label (checked while planning)
                 labels = torch.tensor([it.label for it in batch], device=device)
 
             sync_device(device)

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from functions.diffusion import make_betas
+from runners.cli import OneLineParser
 from runners.restoration import resolve_device
 from guided_diffusion.models import build_model, load_config
 
@@ -140,7 +141,7 @@ def learning_rate(step: int, base: float, warmup: int, decay: str, total: int, f
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="model config (name in configs/ or a path)")
     p.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     p.add_argument("--out", required=True, help="folder for train_state.pt and ema.pt")
@@ -172,9 +173,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def train(args) -> dict:
+def check_flags(args) -> None:
+    """Refuse impossible values in one line, before anything is loaded or written."""
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} {getattr(args, name)}: must be at least 1")
+    for name in ("warmup", "crop_bank"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} {getattr(args, name)}: must be >= 0")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr {args.lr}: must be a positive number")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        raise ValueError(f"--ema {args.ema}: must be in [0, 1)")
+    if not 0 < args.min_scale <= 1:
+        raise ValueError(f"--min_scale {args.min_scale}: must be in (0, 1]")
+    if args.minutes is not None and not args.minutes >= 0:
+        raise ValueError(f"--minutes {args.minutes}: must be >= 0 (0 stops after one step)")
     if args.lr_decay != "none" and not 0 <= args.lr_final <= 1:
         raise ValueError(f"--lr_final {args.lr_final}: must be in [0, 1]")
+
+
+def train(args) -> dict:
+    check_flags(args)
     device = resolve_device(args.device)  # the runner's choice and checks of --device
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,8 +209,6 @@ def train(args) -> dict:
     _, images = load_folder(args.data)
     crops = CropSampler(images, size, args.min_scale, args.rot90, torch.Generator().manual_seed(args.seed))
     g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
-    if args.crop_bank < 0:
-        raise ValueError(f"--crop_bank {args.crop_bank}: must be >= 0")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
@@ -200,11 +218,18 @@ def train(args) -> dict:
     state_path = out / "train_state.pt"
     step, losses = 0, []
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, losses = int(state["step"]), list(state["losses"])
+        # on the CPU: the generators' states must stay CPU byte tensors (a CUDA generator's state
+        # is one too); load_state_dict moves the weights and the optimiser's moments to the device
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            step, losses = int(state["step"]), list(state["losses"])
+        except Exception as e:  # a truncated file, another model's state, a file of another kind
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{state_path} cannot be resumed with --config {args.config} ({type(e).__name__}: "
+                             f"{first[:200]}); use another --out or remove that file") from None
         schedule = state.get("lr_schedule", "none")
         if args.lr_decay != "none" or schedule != "none":
             if schedule != f"{args.lr_decay} over {args.steps}":
@@ -212,7 +237,7 @@ def train(args) -> dict:
                                  f"the learning-rate schedule '{schedule}'; resume with the same --lr_decay and "
                                  f"--steps, or start a new --out")
         crops.g.set_state(state["crop_rng"])
-        g_noise.set_state(state["noise_rng"].to(g_noise.get_state().device) if device.type != "cpu" else state["noise_rng"])
+        g_noise.set_state(state["noise_rng"])
         print(f"resumed from {state_path} at step {step}", file=sys.stderr)
     bank = None
     if args.crop_bank:

@@ -280,6 +280,8 @@ def kept(tiny):
     cfg = yaml.safe_load(Path(tiny.config).read_text())
     cfg["model"]["checkpoint"] = "logs/missing.ckpt"
     (tiny.root / "nockpt.yml").write_text(yaml.safe_dump(cfg))
+    _image(tiny.exp / "datasets" / "gridded" / "grid.png", (32, 32), 6)
+    (tiny.root / "broken.yml").write_text("data:\n  image_size: 32\n model: [unclosed\n")
     return folder(tiny, "kept").root
 
 
@@ -300,6 +302,9 @@ BAD = {
     "mask shape": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask_rect.npy"], "32x64"),
     "mask missing": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/none.npy"], "none.npy"),
     "bad device": (["--path_y", "faces", "--deg", "denoising", "--device", "tpu9"], "tpu9"),
+    "nan sigma_y": (["--path_y", "faces", "--deg", "sr_averagepooling", "--sigma_y", "nan"], "--sigma_y"),
+    "image named grid": (["--path_y", "gridded", "--deg", "denoising"], "comparison grid"),
+    "broken YAML": (["--config", "{root}/broken.yml", "--path_y", "faces", "--deg", "denoising"], "not valid YAML"),
 }
 
 
@@ -342,6 +347,28 @@ def test_changed_settings_need_overwrite(tiny, kept, capsys):
     assert snapshot(kept) == before
 
 
+def test_a_changed_checkpoint_does_not_resume_into_finished_results(tiny, capsys):
+    """Same command, same --ckpt path, but the file now holds other weights (retrained, re-exported):
+    the new images would not be comparable with the finished ones, so the run is refused."""
+    from guided_diffusion.models import build_model
+
+    ckpt = tiny.root / "swapped.ckpt"
+    ckpt.write_bytes((tiny.exp / "logs" / "tiny.ckpt").read_bytes())
+    common = ["--path_y", "faces", "--deg", "denoising", "--ckpt", ckpt, "-i", "swapped"]
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "1")
+    assert rc == 0, err
+    before = snapshot(folder(tiny, "swapped").root)
+    torch.manual_seed(1)
+    torch.save(build_model(yaml.safe_load(Path(tiny.config).read_text())).state_dict(), ckpt)
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2")
+    line = _one_line(err)
+    assert rc == 2 and "swapped.ckpt" in line and "--overwrite" in line
+    assert snapshot(folder(tiny, "swapped").root) == before
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2", "--overwrite")
+    assert rc == 0, err
+    assert results(tiny, "swapped")["summary"]["num_images"] == 2
+
+
 def test_usage_error_is_one_line(tiny, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--config", tiny.config, "--deg", "denoising"])
@@ -354,7 +381,7 @@ def test_entry_point_exit_status(tiny):
                            str(tiny.exp), "--deg", "denoising", "--sigma_y", "-1"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert _one_line(proc.stderr).startswith("error: --sigma_y must be >= 0")
+    assert _one_line(proc.stderr).startswith("error: --sigma_y must be a number >= 0")
 
 
 # ------------------------------------------------------------------ metrics offline, device
@@ -390,6 +417,18 @@ def test_class_labels_come_from_the_list_file(tiny, capsys):
     imgs = results(tiny, "inet_list")["images"]
     assert [(r["name"], r["label"], r["index"]) for r in imgs] == [
         ("ILSVRC2012_val_00000001", 1, 0), ("ILSVRC2012_val_00000000", 0, 1)]
+
+
+def test_unlabelled_images_for_a_class_conditional_model_are_refused_before_anything(tiny, capsys):
+    cfg = yaml.safe_load(Path(tiny.config).read_text())
+    cfg["model"]["class_cond"] = True
+    cfg["model"]["checkpoint"] = "logs/never_loaded.ckpt"   # the refusal comes before any load or download
+    (tiny.root / "cond.yml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = run_cli(tiny, capsys, "--config", tiny.root / "cond.yml", "--path_y", "faces", "--deg",
+                         "denoising", "-i", "cond_unlabelled")
+    line = _one_line(err)
+    assert rc == 2 and "class-conditional" in line and "3 image(s)" in line
+    assert not (tiny.exp / "image_samples" / "cond_unlabelled").exists()
 
 
 # ------------------------------------------------------------------ evaluation.sh and docs

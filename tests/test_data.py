@@ -142,3 +142,27 @@ def test_corrupt_image_is_named(tmp_path):
         data.verify_images(items)
     with pytest.raises(data.DatasetError, match="bad.png"):
         data.load_batch(items, 16, "resize_square")
+
+
+def test_demo_sets_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The demo's images are written into a hidden folder that is renamed into place: an
+    interrupted first use leaves nothing behind, and a later one writes the whole set."""
+    pytest.importorskip("skimage")
+    from runners import demo_data
+
+    calls = []
+
+    def failing(name, size=64, grid=2):
+        calls.append(name)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo_data, "held_out_tiles", failing)
+    with pytest.raises(KeyboardInterrupt):
+        demo_data.materialise_demo_sets(str(tmp_path))
+    monkeypatch.undo()
+    assert calls and sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["demo_train"]
+
+    (tmp_path / "datasets" / "demo").mkdir()   # an empty folder gets filled too
+    root = data.resolve_root("demo", str(tmp_path))
+    names = sorted(p.stem for p in root.iterdir())
+    assert names == sorted(f"{n}_{r}{c}" for n in demo_data.HELD_OUT_NAMES for r in range(2) for c in range(2))
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["demo", "demo_train"]

@@ -326,3 +326,26 @@ def test_time_travel_flags_override_the_config_and_refuse_zero():
     assert (_sampler_config(parse(base), {}).travel_length, _sampler_config(parse(base), {}).travel_repeat) == (1, 1)
     with pytest.raises(InputError, match="--travel_repeat must be >= 1"):
         _sampler_config(parse(base + ["--travel_repeat", "0"]), {})
+
+
+def test_sampling_keeps_no_autograd_graph_even_for_a_trainable_model():
+    """A model whose weights require grad (a library user's nn.Module) must not make the loop keep
+    every step's activations: the result carries no graph."""
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    op = _op("inpainting")
+    y = op.A(asymmetric_mean(SIZE))
+    out = restore(lambda x, t: conv(x), op, y, BETAS, SamplerConfig(steps=5), seeds=[0]).x0
+    assert conv.weight.requires_grad and not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.85])
+def test_a_float64_run_stays_float64_whatever_eta(eta):
+    """The model's eps is float32; a float64 operator and x_T keep the trajectory in float64."""
+    op = _op("sr_averagepooling", dtype=torch.float64)
+    mean = asymmetric_mean(SIZE).double()
+    eps = GaussianEps(mean.float(), 0.3)
+    y = op.A(mean)
+    x_T = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = restore(eps, op, y, BETAS, SamplerConfig(steps=6, eta=eta), seeds=[0], x_T=x_T).x0
+    assert out.dtype == torch.float64
+    assert (op.A(out) - y).abs().max() <= 1e-10      # consistent to double precision

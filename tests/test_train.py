@@ -121,6 +121,39 @@ def test_learning_rate_warms_up_then_anneals_to_its_final_share():
     assert [learning_rate(s, 1e-3, 4, "none", 100, 0.05) for s in (0, 3, 99)] == [2.5e-4, 1e-3, 1e-3]
 
 
+@pytest.mark.parametrize("flag,value", [("--save_every", "0"), ("--batch_size", "0"), ("--steps", "0"),
+                                        ("--lr", "-0.0001"), ("--ema", "1.5"), ("--crop_bank", "-1")])
+def test_bad_training_flags_are_one_line_before_anything_is_written(tmp_path, capsys, flag, value):
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "x.pt")
+    code = train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                       flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: " + flag)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_usage_error_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "runners.train", "--config", "demo.yml", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "o"), "--steps", "many"],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "--steps" in err[0] and "many" in err[0]
+
+
+def test_a_state_of_another_model_is_refused_in_one_line(tmp_path, capsys):
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "x.pt")
+    (tmp_path / "o").mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "o" / "train_state.pt")
+    before = (tmp_path / "o" / "train_state.pt").read_bytes()
+    code = train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                       "--steps", "2", "--batch_size", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "cannot be resumed" in err[-1] and "train_state.pt" in err[-1]
+    assert (tmp_path / "o" / "train_state.pt").read_bytes() == before   # nothing overwritten
+
+
 def test_cosine_schedule_resumes_exactly_and_refuses_other_lengths(tmp_path, capsys):
     """A run cut short (--minutes 0 stops after one step) and resumed gives the straight
     run's losses; resuming with another --steps would change the schedule, so it is refused."""

@@ -39,3 +39,14 @@ def test_sets_and_errors():
     assert [T.name for T in get_transforms("hflip,rot90")] == ["hflip", "rot90"]
     with pytest.raises(ValueError, match="transform 'spin' is unknown; choose one of"):
         get_transform("spin")
+
+
+def test_a_shift_with_two_offsets_is_one_member_of_a_set():
+    """--transform 'hflip,shift8,16' is two transforms (the comma after a shift's dy starts its dx),
+    and every transform's name reads back as itself."""
+    from functions.transforms import get_transforms
+    group = get_transforms("hflip,shift8,16,rot90")
+    assert [T.name for T in group] == ["hflip", "shift8:16", "rot90"]
+    assert [T.name for T in get_transforms(",".join(T.name for T in group))] == [T.name for T in group]
+    x = torch.arange(2 * 16 * 16.0).reshape(1, 2, 16, 16)
+    assert torch.equal(group[1](x), torch.roll(x, shifts=(8, 16), dims=(-2, -1)))
