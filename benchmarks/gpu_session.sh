@@ -7,7 +7,10 @@
 # DEVICE, BANK, BATCH, TP_ARGS and AB_ARGS override the GPU settings (a CPU dry run uses them);
 # PHASES picks what runs (default "train throughput ablation"; "speed" times the network
 # variants at batch 8: NCHW with the reference loop, --attention sdpa, and sdpa + CUDA graphs,
-# then benchmarks/sampler_overhead.py on the GPU).
+# then benchmarks/sampler_overhead.py on the GPU). AB_TIMEOUT (default 240 s) bounds the
+# ablation; it writes its tables after every task, so a cut-off run keeps the tasks it finished.
+# Training starts afresh in a new temporary folder on every call; when it fails, the ablation
+# is skipped rather than run on the committed weights.
 #
 # The next session's plan (15 device-minutes; one call runs at most 10 minutes; carry exp/datasets):
 #   call 1: STEPS=3600 PHASES="train ablation" AB_ARGS="--steps 100 --seeds 0 1 --tasks inpainting sr_bicubic
@@ -22,6 +25,7 @@ BANK=${BANK:-80000}
 BATCH=${BATCH:-256}
 TP_ARGS=${TP_ARGS:-}
 AB_ARGS=${AB_ARGS:---steps 100 --seeds 0 1 2}
+AB_TIMEOUT=${AB_TIMEOUT:-240}
 PHASES=${PHASES:-train throughput ablation}
 # STEPS: train for this many steps with a cosine learning-rate decay (the minutes stay a
 # safety stop; 8 steps/s at batch 256 on an H100); unset: constant rate for the minutes
@@ -35,16 +39,19 @@ LOG="$OUT/session.log"
   python3 -c "import torch, skimage; print('torch', torch.__version__, 'skimage', skimage.__version__)"
 } >"$LOG" 2>&1
 
+TRAIN_RC=0
 if has train; then
 echo "== train ($MINUTES min)" >>"$LOG"
+TRAIN_DIR=$(mktemp -d)
 t0=$(date +%s)
 timeout $(python3 -c "print(int(60 * $MINUTES + 90))") \
-  python3 -m runners.train --config demo.yml --data exp/datasets/demo_train --out /tmp/demo_train \
+  python3 -m runners.train --config demo.yml --data exp/datasets/demo_train --out "$TRAIN_DIR" \
     $TRAIN_LEN --minutes "$MINUTES" --batch_size "$BATCH" --lr 4e-4 --warmup 200 --ema 0.999 \
     --amp bf16 --channels_last --crop_bank "$BANK" --seed 0 --save_every 1000 --log_every 50 \
     --export "$OUT/demo_ema.pt" --device "$DEVICE" >"$OUT/train.log" 2>&1
-echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" >>"$LOG"
-python3 -c "import torch; s = torch.load('/tmp/demo_train/train_state.pt', weights_only=True); l = s['losses']; \
+TRAIN_RC=$?
+echo "train rc=$TRAIN_RC wall=$(( $(date +%s) - t0 )) s" >>"$LOG"
+python3 -c "import torch; s = torch.load('$TRAIN_DIR/train_state.pt', weights_only=True); l = s['losses']; \
 n = min(200, len(l)); print('steps', s['step'], 'mean loss, first/last', n, 'steps:', sum(l[:n]) / n, sum(l[-n:]) / n)" >>"$LOG" 2>&1
 fi
 
@@ -58,18 +65,24 @@ if has speed; then
 echo "== speed variants (batch 8, DDNM)" >>"$LOG"
 SP="--device $DEVICE --batches 8 --methods ddnm $TP_ARGS"
 timeout 150 python3 benchmarks/throughput.py $SP --reference ddnm --json "$OUT/speed_nchw.json" >>"$LOG" 2>&1
+echo "speed nchw rc=$?" >>"$LOG"
 timeout 90 python3 benchmarks/throughput.py $SP --reference none --attention sdpa --json "$OUT/speed_sdpa.json" >>"$LOG" 2>&1
+echo "speed sdpa rc=$?" >>"$LOG"
 timeout 240 python3 benchmarks/throughput.py $SP --reference none --attention sdpa --compile --compile_mode reduce-overhead \
   --json "$OUT/speed_sdpa_graphs.json" >>"$LOG" 2>&1
-echo "speed rc=$?" >>"$LOG"
+echo "speed sdpa+graphs rc=$?" >>"$LOG"
 echo "== sampler overhead on the GPU (zero-cost denoiser; noise draws are cheap there)" >>"$LOG"
 timeout 60 python3 benchmarks/sampler_overhead.py --device "$DEVICE" --skip_unet >>"$LOG" 2>&1
 fi
 
 if has ablation; then
-echo "== ablation" >>"$LOG"
-[ -f "$OUT/demo_ema.pt" ] && cp "$OUT/demo_ema.pt" weights/demo_ema.pt
-timeout 110 python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
-echo "ablation rc=$?" >>"$LOG"
+if [ "$TRAIN_RC" -ne 0 ]; then
+  echo "== ablation skipped: training failed (rc=$TRAIN_RC); see $OUT/train.log" >>"$LOG"
+else
+  echo "== ablation (at most $AB_TIMEOUT s)" >>"$LOG"
+  [ -f "$OUT/demo_ema.pt" ] && cp "$OUT/demo_ema.pt" weights/demo_ema.pt
+  timeout "$AB_TIMEOUT" python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
+  echo "ablation rc=$?" >>"$LOG"
+fi
 fi
 date -u >>"$LOG"

@@ -84,6 +84,14 @@ def set_attention(model: nn.Module, kind: str) -> nn.Module:
     return model
 
 
+def _output_channels(model: nn.Module) -> Optional[int]:
+    """Channels of the network's last convolution (eps, plus the variance ones with learn_sigma)."""
+    if isinstance(getattr(model, "conv_out", None), nn.Conv2d):
+        return model.conv_out.out_channels
+    out = getattr(model, "out_channels", None)
+    return int(out) if isinstance(out, int) else None
+
+
 class EpsModel(nn.Module):
     """eps_model(x, t, y=None) -> (B, C, H, W) float32 noise prediction.
 
@@ -113,6 +121,11 @@ class EpsModel(nn.Module):
         self.class_cond = bool(cfg_get(m, "class_cond", False))
         self.use_fp16 = bool(cfg_get(m, "use_fp16", False))
         self.eps_channels = int(cfg_get(m, "out_channels", cfg_get(m, "out_ch", 3)))
+        expected, actual = self.eps_channels * (2 if self.learn_sigma else 1), _output_channels(model)
+        if actual is not None and actual != expected:
+            raise ValueError(f"the config says {self.eps_channels} eps channels with learn_sigma "
+                             f"{self.learn_sigma}, i.e. {expected} network outputs, but this network has {actual}; "
+                             f"fix model.learn_sigma / model.out_channels")
         if self.requested_dtype is not None:
             self._prepare_body(self.requested_dtype)
         self.channels_last = bool(channels_last)
@@ -137,9 +150,14 @@ class EpsModel(nn.Module):
         return torch.float16 if self.use_fp16 and device.type == "cuda" else torch.float32
 
     def _prepare_body(self, dtype: torch.dtype) -> None:
-        # Converting is one-way (float32 -> half loses bits), so only ever convert a float32 body.
-        if isinstance(self.model, UNetModel) and self.model.body_dtype == torch.float32 and dtype != torch.float32:
-            self.model.convert_body(dtype)
+        # Converting is one-way (float32 -> half loses bits), so only ever convert a float32 body,
+        # and refuse to run a body that is already in another precision than the one asked for.
+        if not isinstance(self.model, UNetModel) or self.model.body_dtype == dtype:
+            return
+        if self.model.body_dtype != torch.float32:
+            raise ValueError(f"this network's body is already {self.model.body_dtype} (converted for another "
+                             f"precision or device); build a fresh network to run it in {dtype}")
+        self.model.convert_body(dtype)
 
     def forward(self, x: torch.Tensor, t: Union[int, float, torch.Tensor],
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -153,6 +171,13 @@ class EpsModel(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        elif tuple(t.shape) != (x.shape[0],):
+            raise ValueError(f"t must be a number or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if y is not None and (not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex()
+                              or tuple(y.shape) != (x.shape[0],)):
+            raise ValueError(f"y (class labels) must be an integer tensor of shape ({x.shape[0]},), got "
+                             f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
+                             f"{' ' + str(y.dtype) if isinstance(y, torch.Tensor) else ''}")
         dtype = self.compute_dtype(x.device)
         if isinstance(self.model, UNetModel):
             self._prepare_body(dtype)

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from guided_diffusion._config import cfg_get
 from guided_diffusion.fp16 import convert_module_to
-from guided_diffusion.layers import upsample_nearest2x
+from guided_diffusion.layers import autocast_off, fused_attention, upsample_nearest2x
 
 NUM_CLASSES = 1000
 
@@ -44,7 +44,7 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm in float32 (even inside an fp16 body or under autocast), returned in the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype)
 
@@ -196,8 +196,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool = Fals
     q, k, v: (B * heads, C, T). With `sdpa`, PyTorch's fused scaled_dot_product_attention
     (flash / memory-efficient kernels on GPUs; the same function up to float rounding)."""
     if sdpa:
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2)
+        return fused_attention(q, k, v)
     scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
     weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guided_diffusion._config import cfg_get, cfg_section
-from guided_diffusion.layers import upsample_nearest2x
+from guided_diffusion.layers import autocast_off, fused_attention, upsample_nearest2x
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and returned in the input dtype (stable under bf16/fp16 autocast)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype)
 
@@ -119,8 +119,7 @@ class AttnBlock(nn.Module):
         k = self.k(h).reshape(b, c, height * width)
         v = self.v(h).reshape(b, c, height * width)
         if self.use_sdpa:  # PyTorch's fused attention: the same function up to float rounding
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            out = out.transpose(1, 2).reshape(b, c, height, width)
+            out = fused_attention(q, k, v).reshape(b, c, height, width)
         else:
             w = torch.bmm(q.transpose(1, 2), k) * (c ** -0.5)  # (b, query, key)
             w = torch.softmax(w.float(), dim=2).to(v.dtype)

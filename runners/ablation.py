@@ -62,10 +62,9 @@ def classical(task: str, op, y, size):
 
     `y` lives on the operator's device; scikit-image works on host copies."""
     if task.startswith("sr_bicubic"):
-        low = op.A_pinv(y)  # y as an image; bicubic downsampling of it is the LR image that is upsampled
-        factor = int(TASKS[task]["deg_scale"])
-        lr = F.interpolate(low, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False)
-        up = F.interpolate(lr, size=(size, size), mode="bicubic", align_corners=False)
+        # y is the low-resolution image (the strided filter samples at r*row + r/2 - 1/2, the
+        # pixel-centre convention of align_corners=False): upsample it, then add A^+ of what is off
+        up = F.interpolate(op._small_image(y), size=(size, size), mode="bicubic", align_corners=False)
         return up + op.A_pinv(y - op.A(up)), "bicubic, made consistent with y"
     if task == "inpainting":
         from skimage.restoration import inpaint_biharmonic
@@ -87,15 +86,18 @@ def evaluate(x_hat, x, op, y):
 
 
 def summarise(per_seed):
-    """per_seed: list (over seeds) of dicts of per-image lists -> mean and std over seeds of image means."""
-    out = {}
+    """per_seed: list (over seeds) of dicts of per-image lists -> (mean, sample std with ddof=1)
+    over seeds of the image means; the per-seed means themselves under "per_seed"."""
+    out, kept = {}, {}
     for key in ("psnr", "ssim", "consistency", "seconds"):
         means = [float(np.mean(s[key])) for s in per_seed]
-        out[key] = (float(np.mean(means)), float(np.std(means)) if len(means) > 1 else 0.0)
+        out[key] = (float(np.mean(means)), float(np.std(means, ddof=1)) if len(means) > 1 else 0.0)
+        kept[key] = means
+    out["per_seed"] = kept
     return out
 
 
-def run(args):
+def run(args, write=None):
     device = resolve_device(args.device)  # the runner's choice and checks of --device
     config = load_config(args.config)
     size = int(config["data"]["image_size"])
@@ -123,9 +125,9 @@ def run(args):
         apy = op.A_pinv(y)
         m = evaluate(apy, x, op, y)
         table["A^+ y"] = summarise([dict(m, seconds=[0.0])])
+        t0 = time.time()
         base, label = classical(task, op, y, size)
         if base is not None:
-            t0 = time.time()
             m = evaluate(base.to(device), x, op, y)
             table[label] = summarise([dict(m, seconds=[(time.time() - t0) / len(items)])])
         tiles = {"ground truth": x[0], "A^+ y": apy[0]}
@@ -161,19 +163,25 @@ def run(args):
                       f"SSIM {table[name]['ssim'][0]:.3f}  Cons {table[name]['consistency'][0]:.3f}  "
                       f"{table[name]['seconds'][0]:.2f} s/img", flush=True)
         grid_tiles.append(tiles)
+        if write is not None:
+            write(results, grid_tiles, names)   # what is done so far survives an interrupted run
     return results, grid_tiles, names
 
 
-def write_outputs(results, grid_tiles, args, names):
+def write_outputs(results, grid_tiles, args, names, quiet=False):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"Held-out demo images ({len(names)} tiles of chelsea and coffee, 64x64), demo prior "
              f"({args.config}), {args.steps} steps, eta {args.eta}, seeds {args.seeds} (the d4 row: "
              f"{args.heavy_seeds or args.seeds[:1]}){', x0 clipped to [-1, 1]' if args.clip_x0 else ''}"
-             f"{f', time travel {args.travel_length}x{args.travel_repeat}' if args.travel_length > 1 else ''}: mean ± std over seeds of the per-seed mean over images. "
+             f"{f', time travel {args.travel_length}x{args.travel_repeat}' if args.travel_length > 1 else ''}: mean ± sample std (ddof 1) over seeds of the per-seed mean over images. "
              f"Cons = RMS of A(x) - y in 8-bit units (after clipping to the image range).", ""]
     for task, table in results.items():
-        lines += [f"### {TASKS[task]['label']}", "", "| method | PSNR | SSIM | Cons | NFE | s / image | seeds |",
+        noisy = TASKS[task].get("sigma_y", 0) > 0
+        lines += [f"### {TASKS[task]['label']}", ""]
+        if noisy:
+            lines += ["With sigma_y > 0 the DDNM rows run DDNM+ (noise-aware), as main.py does.", ""]
+        lines += ["| method | PSNR | SSIM | Cons | NFE | s / image | seeds |",
                   "|---|---|---|---|---|---|---|"]
         for row, r in table.items():
             lines.append(f"| {row} | {r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | {r['ssim'][0]:.3f} ± {r['ssim'][1]:.3f} "
@@ -194,7 +202,8 @@ def write_outputs(results, grid_tiles, args, names):
         row += [torch.ones_like(row[0])] * (cols - len(row))
         tiles += row
     save_image(make_grid(torch.stack(tiles), nrow=cols, padding=2, pad_value=1.0), out / "ablation_grid.png")
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
 
 
 def main(argv=None):
@@ -220,8 +229,8 @@ def main(argv=None):
     p.add_argument("--travel_repeat", type=int, default=1, help="RePaint time travel: repeats of each jump")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
-    results, tiles, names = run(args)
-    write_outputs(results, tiles, args, names)
+    run(args, write=lambda results, tiles, names: write_outputs(results, tiles, args, names, quiet=True))
+    print((Path(args.out) / "ablation.md").read_text())
     return 0
 
 

@@ -271,6 +271,11 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         if unlabelled:
             raise InputError(f"this model is class-conditional but {len(unlabelled)} image(s) have no class label "
                              f"(e.g. {unlabelled[0]}); give a list file with 'name label' lines")
+        num_classes = int((config.get("model", {}) or {}).get("num_classes", 1000))
+        out_of_range = [it for it in items if it.label >= num_classes]
+        if out_of_range:
+            raise InputError(f"class label {out_of_range[0].label} of {out_of_range[0].name} is not below the "
+                             f"model's {num_classes} classes; fix the list file")
 
     from functions.operators import build_operator
 

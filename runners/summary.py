@@ -55,6 +55,7 @@ PUBLISHED: Dict[str, Dict[str, Tuple[Tuple[float, float, float], ...]]] = {
 }
 
 DEFAULT_SR, DEFAULT_CS = 4.0, 0.25
+TABLE_CONFIGS = ("celeba_hq.yml", "imagenet_256.yml")  # the paper's two models; other configs are named
 
 
 def task_of(settings: Dict) -> str:
@@ -85,6 +86,10 @@ def method_of(settings: Dict) -> str:
     elif schedule != "uniform":
         base += f" ({schedule})"
     extras = []
+    if settings.get("config") not in (None, *TABLE_CONFIGS):
+        extras.append(str(settings["config"]))
+    if equs == "average" and schedule != "uniform":
+        extras.append(schedule)
     if equs and settings.get("transform", "hflip") != "hflip":
         extras.append(settings["transform"])
     if equs and settings.get("eps_mapping", "official") != "official":
@@ -95,6 +100,13 @@ def method_of(settings: Dict) -> str:
         extras.append(f"{settings['steps']} steps")
     if settings.get("eta", 0.85) != 0.85:
         extras.append(f"eta {settings['eta']}")
+    if settings.get("sampler") == "ddrm" and float(settings.get("etaB", 1.0)) != 1.0:
+        extras.append(f"etaB {settings['etaB']}")
+    length, repeat = int(settings.get("travel_length", 1) or 1), int(settings.get("travel_repeat", 1) or 1)
+    if length > 1 or repeat > 1:
+        extras.append(f"time travel {length}x{repeat}")
+    if settings.get("clip_x0"):
+        extras.append("clip_x0")
     for key, default in (("lambda_mode", "reference"), ("blur_svd", "reference")):
         if settings.get(key, default) != default:
             extras.append(f"{key} {settings[key]}")

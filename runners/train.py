@@ -257,7 +257,7 @@ def train(args) -> dict:
         if args.export:
             export_ema(ema.state_dict(), Path(args.export))
 
-    start = time.time()
+    start = time.monotonic()
     bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True)
     running = None
     model.train()
@@ -298,7 +298,7 @@ def train(args) -> dict:
         if step % args.save_every == 0 and step < args.steps:
             flush()
             save()
-        if args.minutes is not None and (time.time() - start) > 60 * args.minutes:
+        if args.minutes is not None and (time.monotonic() - start) >= 60 * args.minutes:
             break
     flush()
     bar.close()

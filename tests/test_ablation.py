@@ -1,13 +1,21 @@
 """The ablation script end to end on the committed demo prior (2 steps, 2 tasks, 2 rows)."""
 import json
 
+import pytest
 import torch
 
 from runners import ablation
 
 
-def test_ablation_writes_tables_with_classical_and_mean_rows(tmp_path):
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ablation_writes_tables_with_classical_and_mean_rows(tmp_path, two_threads):
     out = tmp_path / "abl"
     assert ablation.main(["--device", "cpu", "--steps", "2", "--seeds", "0", "1", "--tasks", "inpainting",
                           "sr_bicubic", "--rows", "DDNM", "DDNM-EquS", "--exp", str(tmp_path / "exp"),
@@ -24,5 +32,26 @@ def test_ablation_writes_tables_with_classical_and_mean_rows(tmp_path):
     # the classical baselines are real restorations: better than A^+y on their task
     assert inp["biharmonic (scikit-image)"]["psnr"][0] > inp["A^+ y"]["psnr"][0] + 3
     assert sr["bicubic, made consistent with y"]["psnr"][0] >= sr["A^+ y"]["psnr"][0]
+    # the spread is the sample std (ddof 1) of the per-seed means, which are kept
+    per_seed = inp["DDNM"]["per_seed"]["psnr"]
+    assert len(per_seed) == 2 and abs(inp["DDNM"]["psnr"][1] - abs(per_seed[0] - per_seed[1]) / 2 ** 0.5) < 1e-9
     assert (out / "ablation_grid.png").stat().st_size > 1000
     assert "| DDNM, mean of 2 samples |" in (out / "ablation.md").read_text()
+
+
+def test_consistent_bicubic_upsamples_y_and_matches_it():
+    """The SR baseline is bicubic upsampling of the low-resolution y, then A^+ of the residual:
+    exactly consistent (before any clipping), and closer to the truth than the plain upsampling."""
+    from functions.operators import build_operator
+
+    size = 32
+    op = build_operator("sr_bicubic", image_size=size, deg_scale=4)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    x = torch.stack([0.6 * torch.sin(2 * xx + yy), 0.5 * torch.cos(3 * yy), 0.4 * xx * yy])[None]
+    y = op.A(x)
+    base, label = ablation.classical("sr_bicubic", op, y, size)
+    assert label == "bicubic, made consistent with y"
+    assert (op.A(base) - y).abs().max() < 1e-4
+    up = torch.nn.functional.interpolate(op._small_image(y), size=(size, size), mode="bicubic", align_corners=False)
+    assert (op.A(up) - y).abs().max() > 1e-3                 # plain bicubic is not consistent ...
+    assert (base - x).pow(2).mean() < (up - x).pow(2).mean()  # ... and the correction brings it closer

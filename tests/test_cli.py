@@ -24,10 +24,7 @@ from runners import cli, restoration
 from runners.results import OutputFolder, atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-samplers = pytest.importorskip("functions.samplers")
-operators = pytest.importorskip("functions.operators")
-if not hasattr(samplers, "restore") or not hasattr(operators, "build_operator"):
-    pytest.skip("samplers / operators not available yet", allow_module_level=True)
+from functions import operators, samplers  # noqa: E402
 
 TINY_MODEL = {"type": "simple", "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
               "attn_resolutions": [], "dropout": 0.0, "resamp_with_conv": True, "var_type": "fixedsmall",
@@ -102,11 +99,39 @@ OFFICIAL_TXT = re.compile(r"Total Average PSNR: \d+\.\d{2}\nTotal Average SSIM: 
 
 # ------------------------------------------------------------------ every degradation
 
+def _restored_in_process(tiny, *args):
+    """The images main.py should have restored: the same plan, sampled here by the library
+    (one batch, the per-image seeds), as PSNR against the ground truth per image name."""
+    from functions.diffusion import make_betas
+    from functions.noise import seed_for
+
+    argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--steps", "3", *FAST, *map(str, args)]
+    parsed = cli.build_parser().parse_args(argv)
+    plan = restoration.make_plan(parsed, argv, device_name="cpu")
+    eps_model, _ = restoration.load_eps_model(plan)
+    from runners import data as data_mod
+    x01 = data_mod.load_batch(plan.items, plan.image_size, plan.preprocess)
+    y = plan.op.A(x01 * 2 - 1)
+    with torch.no_grad():
+        x0 = samplers.restore(eps_model, plan.op, y, make_betas(plan.config["diffusion"]), plan.sampler_cfg,
+                              seeds=[seed_for(parsed.seed, it.index) for it in plan.items]).x0
+    psnr = metrics.psnr(((x0.reshape(x01.shape).clamp(-1, 1) + 1) / 2), x01)
+    return {it.name: float(p) for it, p in zip(plan.items, psnr)}
+
+
 @pytest.mark.parametrize("deg", operators.DEGRADATIONS)
 def test_every_degradation_noise_free_and_noisy(tiny, capsys, deg):
     common = ["--path_y", "faces", "--deg", deg, "--subset_end", "2"]
     rc, out, err = run_cli(tiny, capsys, *common, "-i", f"deg_{deg}")
     assert rc == 0, err
+    # what was saved is the sampler's restoration of these images, not A^+ y or a copy of y
+    expected = _restored_in_process(tiny, *common, "-i", f"deg_{deg}_check")
+    for rec in results(tiny, f"deg_{deg}")["images"]:
+        if deg == "denoising":   # noise-free y = x is kept (to rounding): over 100 dB, or null (infinite) in JSON
+            assert expected[rec["name"]] > 100 and (rec["psnr"] is None or rec["psnr"] > 100)
+            continue
+        assert rec["psnr"] == pytest.approx(expected[rec["name"]], abs=1e-3)
+        assert rec["psnr"] != pytest.approx(rec["baseline"]["psnr"], abs=1e-3)
     rc, _, err = run_cli(tiny, capsys, *common, "--sigma_y", "0.1", "--add_noise", "-i", f"deg_{deg}_noisy")
     assert rc == 0, err
 
@@ -429,6 +454,15 @@ def test_unlabelled_images_for_a_class_conditional_model_are_refused_before_anyt
     line = _one_line(err)
     assert rc == 2 and "class-conditional" in line and "3 image(s)" in line
     assert not (tiny.exp / "image_samples" / "cond_unlabelled").exists()
+    # labelled, but with a class the model does not have
+    cfg = yaml.safe_load(Path(tiny.config_imagenet).read_text())
+    cfg["model"].update(class_cond=True, num_classes=1, checkpoint="logs/never_loaded.ckpt")
+    (tiny.root / "cond1.yml").write_text(yaml.safe_dump(cfg))
+    rc, _, err = run_cli(tiny, capsys, "--config", tiny.root / "cond1.yml", "--path_y", "imagenet", "--deg",
+                         "denoising", "-i", "cond_range")
+    line = _one_line(err)
+    assert rc == 2 and "class label 1" in line and "1 classes" in line
+    assert not (tiny.exp / "image_samples" / "cond_range").exists()
 
 
 # ------------------------------------------------------------------ evaluation.sh and docs

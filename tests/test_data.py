@@ -147,7 +147,6 @@ def test_corrupt_image_is_named(tmp_path):
 def test_demo_sets_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     """The demo's images are written into a hidden folder that is renamed into place: an
     interrupted first use leaves nothing behind, and a later one writes the whole set."""
-    pytest.importorskip("skimage")
     from runners import demo_data
 
     calls = []

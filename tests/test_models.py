@@ -58,6 +58,8 @@ def test_eps_model_fp16_body_on_request():
         out = eps16(fx["x"], fx["t"])
     assert out.dtype == torch.float32
     assert (out - fx["out_fp16"][:, :3]).abs().max().item() <= 5e-3
+    # computed in half precision: not the float32 result (which matches fx["out"] to 1e-4)
+    assert (out - fx["out"][:, :3]).abs().max().item() > 1e-5
 
 
 def test_eps_model_simple_and_bf16_autocast():
@@ -72,6 +74,7 @@ def test_eps_model_simple_and_bf16_autocast():
     assert (out - fx["out"]).abs().max().item() <= 1e-4
     assert out_bf16.dtype == torch.float32
     assert (out_bf16 - fx["out"]).abs().max().item() <= 0.03 * fx["out"].abs().max().item()
+    assert (out_bf16 - out).abs().max().item() > 1e-4   # really computed in bf16
     assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights alone
 
 
@@ -88,6 +91,35 @@ def test_eps_model_labels_contract():
     uncond = {"model": {**config["model"], "class_cond": False}}
     with pytest.raises(ValueError, match="unconditional"):
         EpsModel(build_model(uncond), uncond)(x, 10, y=torch.tensor([1, 2]))
+
+
+def test_eps_model_refuses_malformed_t_y_and_mismatched_heads():
+    config = {"model": {"type": "openai", "image_size": 32, "num_channels": 32, "num_res_blocks": 1,
+                        "channel_mult": "1,2", "attention_resolutions": "16", "learn_sigma": True,
+                        "class_cond": True}}
+    net = build_model(config).eval()
+    eps = EpsModel(net, config)
+    x = torch.zeros(2, 3, 32, 32)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"t must be a number or have shape \(2,\)"):
+            eps(x, torch.zeros(2, 1), y=torch.tensor([1, 2]))
+        with pytest.raises(ValueError, match="integer tensor of shape"):
+            eps(x, 10, y=torch.tensor([1.0, 2.0]))
+        with pytest.raises(ValueError, match="integer tensor of shape"):
+            eps(x, 10, y=torch.tensor([1, 2, 3]))
+    # learn_sigma: false would hand back all 6 channels (eps and variance) as if they were eps
+    wrong = {"model": {**config["model"], "learn_sigma": False}}
+    with pytest.raises(ValueError, match="6"):
+        EpsModel(net, wrong)
+
+
+def test_a_body_converted_to_fp16_is_not_run_as_fp32_or_bf16():
+    model, config, fx = _openai_small(use_fp16=True)
+    with torch.no_grad():
+        EpsModel(model, config, dtype="fp16")(fx["x"], fx["t"])
+        for other in ("fp32", "bf16"):
+            with pytest.raises(ValueError, match="already torch.float16"):
+                EpsModel(model, config, dtype=other)(fx["x"], fx["t"])
 
 
 def test_bad_dtype_rejected():

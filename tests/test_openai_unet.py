@@ -44,7 +44,9 @@ def test_fixture_output_matches_reference(small):
 
 
 def test_fp16_body_matches_reference(small):
-    _, fx = small
+    fp32_model, fx = small
+    with torch.no_grad():
+        out32 = fp32_model(fx["x"], fx["t"])
     model = unet_from_config(fx["config"])
     model.load_state_dict(fx["state_dict"], strict=True)
     model.eval().convert_to_fp16()
@@ -59,6 +61,8 @@ def test_fp16_body_matches_reference(small):
     assert out.dtype == torch.float32
     assert (out - fx["out"]).abs().max().item() <= 5e-3
     assert (out - fx["out_fp16"]).abs().max().item() <= 5e-3
+    # and it really ran in half precision (a body silently left in float32 would give out32)
+    assert (out - out32).abs().max().item() > 1e-5
 
 
 @pytest.mark.parametrize("name,manifest,count", [
@@ -200,3 +204,35 @@ def test_sdpa_attention_reproduces_the_fixture(small):
     assert (out - fx["out"]).abs().max().item() <= 1e-4
     with pytest.raises(ValueError, match="attention 'flash' is unknown"):
         set_attention(model, "flash")
+
+
+def test_sdpa_gets_the_inputs_its_fused_gpu_kernels_take(monkeypatch):
+    """Flash / memory-efficient attention accept only 4-D (batch, heads, T, C) inputs with unit
+    stride along C; anything else silently runs the math kernel (the whole T x T matrix)."""
+    from guided_diffusion import layers
+
+    seen = []
+    real = layers.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append([(u.dim(), u.stride(-1)) for u in (q, k, v)])
+        return real(q, k, v, *a, **kw)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 16, 50, generator=g) for _ in range(3))
+    out = layers.fused_attention(q, k, v)
+    assert seen == [[(4, 1)] * 3] and out.shape == (6, 16, 50)
+    ref = torch.einsum("bts,bcs->bct", torch.softmax(torch.einsum("bct,bcs->bts", q, k) / 4, dim=-1), v)
+    assert (out - ref).abs().max() <= 1e-5
+
+
+def test_both_networks_run_on_the_meta_device():
+    """Shape checks on 'meta' (no data) go through GroupNorm32, whose float32 context must not
+    need autocast there."""
+    from guided_diffusion.models import build_model
+
+    cfg = fixture("model_simple_small.pt")["config"]
+    for model in (unet_from_config(TINY).to("meta"), build_model(cfg, device="meta")):
+        x = torch.empty(2, 3, 64, 64, device="meta")
+        out = model(x, torch.zeros(2, device="meta"))
+        assert out.device.type == "meta" and out.shape[0] == 2

@@ -61,6 +61,7 @@ def test_bf16_autocast_cpu_close_to_fp32(small):
     err = (out.float() - fx["out"]).abs().max().item()
     # bf16 has an 8-bit mantissa: expect ~1% of the output range, not 1e-4.
     assert err <= 0.03 * fx["out"].abs().max().item(), err
+    assert err > 1e-4   # really computed in bf16 (the float32 forward matches to 1e-4)
 
 
 def test_fully_convolutional_rectangular_input(small):

@@ -31,6 +31,10 @@ def test_published_numbers_match_the_paper_transcription():
         for method, values in rows.items():
             assert [tuple(v) for v in values] == paper[dataset][method], (dataset, method)
     assert set(summary.PUBLISHED["ImageNet"]) == set(summary.METHODS)
+    # and, for both datasets, every published row of a method this project runs is carried
+    assert set(paper) == set(summary.PUBLISHED)
+    for dataset, rows in paper.items():
+        assert {m for m in rows if m in summary.METHODS} == set(summary.PUBLISHED[dataset]), dataset
 
 
 def _settings(**kw):
@@ -60,6 +64,14 @@ def test_methods_and_tasks_from_settings():
     assert summary.method_of(_settings(equs="alternate")) == "DDNM-EquS"
     assert summary.method_of(_settings(sampler="ddrm", equs="alternate", schedule="tas")) == "DDRM-EquS+"
     assert summary.method_of(_settings(equs="average", transform="d4", steps=20)) == "DDNM-EquS(avg) [d4, 20 steps]"
+    # settings that change the numbers keep a run out of the official cells
+    assert summary.method_of(_settings(clip_x0=True)) == "DDNM [clip_x0]"
+    assert summary.method_of(_settings(travel_length=10, travel_repeat=3)) == "DDNM [time travel 10x3]"
+    assert summary.method_of(_settings(sampler="ddrm", etaB=0.5)) == "DDRM [etaB 0.5]"
+    assert summary.method_of(_settings(equs="average", transform="flips", schedule="tas")) == "DDNM-EquS(avg) [tas, flips]"
+    assert summary.method_of(_settings(config="imagenet_256_cond.yml")) == "DDNM [imagenet_256_cond.yml]"
+    assert summary.method_of(_settings(config="imagenet_256.yml", travel_length=1, travel_repeat=1,
+                                       clip_x0=False, etaB=1.0)) == "DDNM"
     assert summary.task_of(_settings(deg="cs_blockbased", deg_scale=0.25)) == "CS 25% (block)"
     assert summary.task_of(_settings(deg="cs_blockbased")) == "CS 25% (block)"   # the operator's default ratio
     assert summary.task_of(_settings(deg="cs_blockbased", deg_scale=0.5)) == "cs_blockbased 0.5"
