@@ -121,7 +121,10 @@ class AttnBlock(nn.Module):
         if self.use_sdpa:  # PyTorch's fused attention: the same function up to float rounding
             out = fused_attention(q, k, v).reshape(b, c, height, width)
         else:
-            w = torch.bmm(q.transpose(1, 2), k) * (c ** -0.5)  # (b, query, key)
+            if q.dtype == torch.float16:  # split the scale over q and k: q^T k over 512 channels can pass 65504
+                w = torch.bmm(q.transpose(1, 2) * c ** -0.25, k * c ** -0.25)
+            else:                         # the reference's expression
+                w = torch.bmm(q.transpose(1, 2), k) * (c ** -0.5)  # (b, query, key)
             w = torch.softmax(w.float(), dim=2).to(v.dtype)
             out = torch.bmm(v, w.transpose(1, 2)).reshape(b, c, height, width)
         return x + self.proj_out(out)

@@ -137,3 +137,23 @@ def test_sdpa_attention_reproduces_the_fixture(small):
             eps.model.apply(lambda m: setattr(m, "use_sdpa", False) if hasattr(m, "use_sdpa") else None)
     assert (out - fx["out"]).abs().max().item() <= 1e-4
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_fp16_attention_keeps_large_logits_in_range():
+    """q^T k over 512 channels can pass fp16's 65504 (then softmax gives NaN): in half precision
+    the 1/sqrt(C) scale is applied to q and k before the product, as guided-diffusion does."""
+    from guided_diffusion.simple_unet import AttnBlock
+
+    torch.manual_seed(0)
+    blk = AttnBlock(512).eval()
+    with torch.no_grad():
+        blk.q.weight.mul_(80)
+        blk.k.weight.mul_(80)
+        x = torch.randn(1, 512, 8, 8)
+        h = blk.norm(x)
+        logits = torch.bmm(blk.q(h).flatten(2).transpose(1, 2), blk.k(h).flatten(2))
+        assert logits.abs().max() > 2 * 65504          # the unscaled product leaves fp16's range
+        ref = blk(x)
+        out = blk.half()(x.half()).float()
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= 5e-2 * ref.abs().max()   # logits in the thousands: fp16 steps of 4
