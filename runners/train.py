@@ -34,7 +34,16 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def load_folder(folder: str):
-    """All images under `folder` (recursive) as float tensors (3, H, W) in [0, 1]."""
+    """All images under `folder` (recursive) as float tensors (3, H, W) in [0, 1].
+
+    `<exp>/datasets/demo_train` (and `demo`) are written from scikit-image's bundled
+    photographs when missing, as the restoring commands do (runners/demo_data.py)."""
+    path = Path(folder)
+    if path.name in ("demo_train", "demo") and path.parent.name == "datasets" \
+            and not (path.is_dir() and any(path.iterdir())):
+        from runners.demo_data import materialise_demo_sets
+
+        materialise_demo_sets(str(path.parent.parent))
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not paths:
         raise ValueError(f"--data {folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")

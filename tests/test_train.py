@@ -80,6 +80,18 @@ def test_training_refuses_an_empty_folder(tmp_path, capsys):
     assert code == 2 and "no images found" in capsys.readouterr().err
 
 
+def test_the_demo_training_set_is_written_on_first_use(tmp_path):
+    """README's training command names exp/datasets/demo_train, which a fresh clone does not have."""
+    from runners.train import load_folder
+
+    paths, images = load_folder(str(tmp_path / "exp" / "datasets" / "demo_train"))
+    assert sorted(p.stem for p in paths) == sorted(
+        ["astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry", "retina"])
+    assert all(im.shape[0] == 3 and 0 <= im.min() and im.max() <= 1 for im in images)
+    with pytest.raises(ValueError, match="no images found"):   # any other missing folder is still an error
+        load_folder(str(tmp_path / "elsewhere"))
+
+
 def test_committed_demo_weights_load_strictly():
     config = load_config("demo.yml")
     path = resolve_checkpoint(config, download=False)
