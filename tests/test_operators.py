@@ -29,7 +29,18 @@ TOL = 1e-4
 # Outside those subspaces they are checked to 1e-4 (test_blur_fixture_outside_degenerate).
 # Rotating that one pair by -0.026 rad brings deblur_gauss pinv_A_x from 7e-3 to 5e-5.
 LAPACK_DEPENDENT = {("deblur_gauss", "pinv_A_x"): 2e-2, ("deblur_gauss", "Lambda_noise_v_eps"): 5e-2,
-                    ("deblur_uni", "Lambda_noise_v_eps"): 2e-3, ("deblur_aniso", "pinv_A_x"): 1e-3}
+                    ("deblur_aniso", "pinv_A_x"): 4e-4}
+# Lambda_noise of a blur is as large as 2.7 (the first lambda case, sigma_t 0.8) and carries
+# the float32 SVD basis's rounding at about 1e-4 of its size: compared relative to its size.
+RELATIVE = {("deblur_uni", "Lambda_noise_v_eps"): 2e-4}
+
+
+def fixture_tol(deg, key, ref_value):
+    """The tolerance for fixture entry `key` of operator `deg` (see the two tables above)."""
+    tol = LAPACK_DEPENDENT.get((deg, key), TOL)
+    if (deg, key) in RELATIVE:
+        tol = max(TOL, RELATIVE[deg, key] * ref_value.abs().max().item())
+    return tol
 
 
 def fixture_operator(name, dtype=torch.float32, **kw):
@@ -74,7 +85,7 @@ def test_reproduces_reference_fixture(name):
             ref = dict(ref, **{f"Lambda_v/{i}": entry["Lambda_v"],
                                f"Lambda_noise_v_eps/{i}": entry["Lambda_noise_v_eps"]})
     for key, value in got.items():
-        tol = LAPACK_DEPENDENT.get((deg, key.split("/")[0]), TOL)
+        tol = fixture_tol(deg, key.split("/")[0], ref[key])
         assert max_err(value, ref[key]) <= tol, (name, key, max_err(value, ref[key]))
 
 
@@ -141,6 +152,10 @@ def test_deblur_gauss_fixture_is_one_rotation_inside_a_near_degenerate_pair_away
     assert max_err(op.A(f["x"]), ref["y"]) <= TOL and max_err(op.At(op.A(f["x"])), ref["At_A_x"]) <= TOL
     case, entry = f["lambda_cases"][1], ref["lambda"][1]
     assert max_err(op.Lambda_noise(f["v"], **case, eps=f["eps"]), entry["Lambda_noise_v_eps"]) <= TOL
+    # the first case's Lambda_noise is 40x larger; relative to its size it agrees as closely
+    case, entry = f["lambda_cases"][0], ref["lambda"][0]
+    scale = entry["Lambda_noise_v_eps"].abs().max().item()
+    assert max_err(op.Lambda_noise(f["v"], **case, eps=f["eps"]), entry["Lambda_noise_v_eps"]) <= 3e-4 * scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +234,8 @@ def test_reference_lambda_noise_skips_the_rotation():
         ref = fixture_operator(name).Lambda_noise(f["v"], **case, eps=f["eps"])
         svd = fixture_operator(name, lambda_mode="svd").Lambda_noise(f["v"], **case, eps=f["eps"])
         assert max_err(ref, svd) > 0.05, name
-        assert max_err(ref, f["ops"][name]["lambda"][0]["Lambda_noise_v_eps"]) <= \
-            LAPACK_DEPENDENT.get((FIXTURE_OPS[name][0], "Lambda_noise_v_eps"), TOL)
+        entry = f["ops"][name]["lambda"][0]["Lambda_noise_v_eps"]
+        assert max_err(ref, entry) <= fixture_tol(FIXTURE_OPS[name][0], "Lambda_noise_v_eps", entry)
     for name in ("inpainting", "denoising"):      # no rotation there: both modes agree
         ref = fixture_operator(name).Lambda_noise(f["v"], **case, eps=f["eps"])
         svd = fixture_operator(name, lambda_mode="svd").Lambda_noise(f["v"], **case, eps=f["eps"])
