@@ -13,8 +13,8 @@
 # is skipped rather than run on the committed weights.
 #
 # The next session's plan (15 device-minutes; one call runs at most 10 minutes; carry exp/datasets):
-#   call 1: STEPS=3600 PHASES="train ablation" AB_ARGS="--steps 100 --seeds 0 1 --tasks inpainting sr_bicubic
-#           --rows DDNM DDNM-EquS+" bash benchmarks/gpu_session.sh $OUT 7.5
+#   call 1: STEPS=3600 PHASES="train ablation" AB_TIMEOUT=60 AB_ARGS="--steps 100 --seeds 0 1 --tasks inpainting
+#           sr_bicubic --rows DDNM DDNM-EquS+" bash benchmarks/gpu_session.sh $OUT 7.5   (about 8.5 minutes)
 #           (a longer, cosine-annealed demo prior, then the two tasks of issue 6's classical-row test)
 #   call 2: PHASES="ablation speed" AB_ARGS="--steps 100 --seeds 0 1" bash benchmarks/gpu_session.sh $OUT
 #           with weights/demo_ema.pt from call 1 committed or carried (the full ablation, then issue 7's grid)
