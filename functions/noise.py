@@ -7,6 +7,7 @@ whatever the batch size or the number of processes sharing the work.
 """
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -42,3 +43,13 @@ class ZeroNoise:
 def seed_for(seed: int, index: int) -> int:
     """Per-image seed from the run seed and the image's global index in the dataset."""
     return int(seed) * 100003 + int(index)
+
+
+def measurement_seed(seed: int, index: int) -> int:
+    """Seed of the noise added to image `index`'s measurement (--add_noise): a 32-bit value
+    mixed from (seed, index) by numpy's SeedSequence, so its stream is not x_T's.
+
+    torch's CPU generator keeps only the low 32 bits of a seed, so an offset such as
+    seed_for(...) + 2**32 would repeat x_T's draws: the noise in y would be x_T itself."""
+    state = np.random.SeedSequence([int(seed), int(index), 0x6E6F697A]).generate_state(1, np.uint32)
+    return int(state[0])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from functions import metrics
 from functions.diffusion import make_betas
-from functions.noise import seed_for
+from functions.noise import measurement_seed, seed_for
 from functions.operators import build_operator
 from functions.samplers import SamplerConfig, restore
 from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
@@ -120,7 +120,7 @@ def run(args, write=None):
         y_clean = op.A(x)
         table = results.setdefault(task, {})
         noise_y = torch.stack([torch.randn(y_clean.shape[1:], generator=torch.Generator().manual_seed(
-            seed_for(args.seeds[0], i) + 2 ** 32)) for i in range(len(items))]).to(device)
+            measurement_seed(args.seeds[0], i))) for i in range(len(items))]).to(device)
         y = y_clean + sigma * noise_y
         apy = op.A_pinv(y)
         m = evaluate(apy, x, op, y)

@@ -44,12 +44,11 @@ import torch
 from functions import metrics
 from runners import data, distributed
 from runners.errors import InputError
-from functions.noise import seed_for
-from runners.results import (OutputFolder, atomic_write_json, comparison_table, atomic_write_text, read_json, results_txt, save_image,
+from functions.noise import measurement_seed, seed_for
+from runners.results import (OutputFolder, non_finite, atomic_write_json, comparison_table, atomic_write_text, read_json, results_txt, save_image,
                              settings_diff, summarize)
 
 LOG = logging.getLogger("equs")
-NOISE_Y_SEED_OFFSET = 2 ** 32
 GRID_ROWS = 8
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 SAMPLE_FOLDER = "image_samples"
@@ -298,6 +297,10 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         "lpips_net": args.lpips_net,
         **{k: v for k, v in sampler_cfg.to_dict().items() if k != "sigma_y"},  # sigma_y stays in CLI units
     }
+    if args.add_noise and args.sigma_y > 0:
+        # y's noise has its own stream (functions.noise.measurement_seed); folders made when it
+        # repeated x_T's draws have no such entry, so they are not resumed into
+        settings["y_noise_stream"] = "measurement_seed"
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))
     notes = []
@@ -440,6 +443,10 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
     out = plan.out
     records = _finished_records(out, plan.fingerprint)
     summary = summarize(records)
+    for key, kinds in summary["non_finite_counts"].items():
+        what = ", ".join(f"{n} {'NaN (diverged)' if kind == 'nan' else kind}" for kind, n in sorted(kinds.items()))
+        LOG.warning(f"warning: {key}: {what} image(s) left out of the mean over {len(records)}; "
+                    f"see 'non_finite' in their records")
     if fid and records:
         extra = _fid(out, records, plan.device)
         summary["fid"], summary["baseline"]["fid"] = extra["fid"], extra["baseline_fid"]
@@ -587,7 +594,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
             with torch.no_grad():
                 y = op.A(x)
                 if args.add_noise and sigma_model > 0:
-                    gen = PerImageNoise([seed_for(args.seed, it.index) + NOISE_Y_SEED_OFFSET for it in batch])
+                    gen = PerImageNoise([measurement_seed(args.seed, it.index) for it in batch])
                     y = y + sigma_model * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
                 apy = op.A_pinv(y).reshape(x.shape)
             labels = None
@@ -614,7 +621,8 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                 save_image(out.restored(it.name), rest_h[i])
                 out.write_record({
                     "name": it.name, "index": it.index, "source": str(it.path), "label": it.label,
-                    "seed": seed_for(args.seed, it.index), **scores[i], "nfe": int(result.nfe),
+                    "seed": seed_for(args.seed, it.index), **scores[i], "non_finite": non_finite(scores[i]),
+                    "nfe": int(result.nfe),
                     "seconds": seconds, "baseline": base[i], "device": str(device), "precision": precision,
                     "batch_size": len(batch), "rank": ctx.rank, "world_size": ctx.world_size,
                     "fingerprint": plan.fingerprint,

@@ -137,13 +137,32 @@ class OutputFolder:
                 p.unlink()
 
 
+def non_finite(metrics: Dict) -> Dict[str, str]:
+    """{metric: 'nan' | 'inf' | '-inf'} for the values JSON cannot hold (they are stored as null):
+    a NaN is a diverged restoration, an infinite PSNR an exact one."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return out
+
+
 def summarize(records: List[dict]) -> Dict:
-    """The results.json summary: means over images, and the same for the A^+ y baseline."""
+    """The results.json summary: means over images, and the same for the A^+ y baseline.
+
+    The means are over finite values; images whose metric was NaN (diverged) or infinite
+    (an exact restoration's PSNR) are counted in `non_finite_counts`, not silently dropped."""
     summary = {"num_images": len(records)}
     for key in METRIC_KEYS:
         summary[key] = mean_of(r.get(key) for r in records)
     # images that have each metric (LPIPS/FID may be missing on some, e.g. computed offline and then online)
     summary["metric_counts"] = {key: sum(r.get(key) is not None for r in records) for key in METRIC_KEYS}
+    counts: Dict[str, Dict[str, int]] = {}
+    for r in records:
+        for key, kind in (r.get("non_finite") or {}).items():
+            counts.setdefault(key, {}).setdefault(kind, 0)
+            counts[key][kind] += 1
+    summary["non_finite_counts"] = counts
     summary["nfe"] = records[0].get("nfe") if records else None
     summary["seconds_per_image"] = mean_of(r.get("seconds") for r in records)
     summary["baseline"] = {key: mean_of((r.get("baseline") or {}).get(key) for r in records) for key in METRIC_KEYS}

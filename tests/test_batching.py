@@ -227,3 +227,21 @@ def test_speed_flags_reach_the_network_and_the_records(tiny):
     assert res["summary"]["num_images"] == 2 and np.isfinite(res["summary"]["psnr"])
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--config", "x", "--deg", "x", "--path_y", "x", "--dtype", "fp8"])
+
+
+def test_measurement_noise_is_not_the_initial_noise():
+    """torch's CPU generator keeps only a seed's low 32 bits: y's noise must come from another
+    32-bit seed than x_T's, or the sampler would start from the very noise it has to remove."""
+    from functions.noise import PerImageNoise, measurement_seed, seed_for
+
+    seeds = {seed_for(s, i) % 2 ** 32 for s in range(3) for i in range(200)}
+    for s in range(3):
+        for i in range(200):
+            m = measurement_seed(s, i)
+            assert 0 <= m < 2 ** 32 and m not in seeds
+    for s, i in [(0, 0), (0, 5), (2, 17)]:
+        x_T = PerImageNoise([seed_for(s, i)]).randn((3, 16, 16))
+        y_noise = PerImageNoise([measurement_seed(s, i)]).randn((3, 16, 16))
+        assert abs(float((x_T * y_noise).mean())) < 0.15          # independent draws, not the same one
+    # the old offset really did repeat x_T's draws
+    assert torch.equal(PerImageNoise([seed_for(0, 3) + 2 ** 32]).randn((3, 8, 8)), PerImageNoise([seed_for(0, 3)]).randn((3, 8, 8)))

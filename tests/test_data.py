@@ -165,3 +165,17 @@ def test_demo_sets_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     names = sorted(p.stem for p in root.iterdir())
     assert names == sorted(f"{n}_{r}{c}" for n in demo_data.HELD_OUT_NAMES for r in range(2) for c in range(2))
     assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == ["demo", "demo_train"]
+
+
+def test_sixteen_bit_grey_images_keep_their_range(tmp_path):
+    """PIL's convert('RGB') clips 16-bit grey to 0-255 (almost all white); it is scaled instead."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as img:
+        assert img.mode.startswith("I")
+        t = data.preprocess(img, 32, "resize_square")
+    eight_bit = torch.from_numpy((ramp // 257).astype(np.float32) / 255)
+    assert t.shape == (3, 32, 32) and abs(float(t.mean()) - float(eight_bit.mean())) < 0.01
+    assert float((t == 1).float().mean()) < 0.05
+    with pytest.raises(data.DatasetError, match="floating-point"):
+        data.preprocess(Image.fromarray(np.zeros((8, 8), np.float32)), 8, "resize_square")

@@ -101,3 +101,17 @@ def test_fid_too_few_images_is_none_with_one_warning():
 def test_mean_of_skips_missing_and_infinite():
     assert metrics.mean_of([1.0, None, 3.0, float("inf")]) == 2.0
     assert metrics.mean_of([None]) is None
+
+
+def test_non_finite_metrics_are_counted_not_silently_dropped():
+    """A diverged image (NaN) and an exact one (infinite PSNR) are stored as null in JSON; the
+    summary's means are over the finite ones and says how many of each were left out."""
+    from runners.results import non_finite, summarize
+
+    scores = [{"psnr": float("inf"), "ssim": 1.0}, {"psnr": float("nan"), "ssim": float("nan")},
+              {"psnr": 11.5, "ssim": 0.5}]
+    records = [dict(s, non_finite=non_finite(s), nfe=3, seconds=1.0) for s in scores]
+    assert records[0]["non_finite"] == {"psnr": "inf"} and records[2]["non_finite"] == {}
+    summary = summarize(records)
+    assert summary["psnr"] == 11.5 and summary["ssim"] == 0.75
+    assert summary["non_finite_counts"] == {"psnr": {"inf": 1, "nan": 1}, "ssim": {"nan": 1}}
