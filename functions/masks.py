@@ -53,10 +53,14 @@ def default_mask(size: int = 256) -> torch.Tensor:
 
 
 def random_pixel_mask(size: int, missing_ratio: float, seed: int = 0) -> torch.Tensor:
-    """Each pixel missing independently with probability `missing_ratio` (seeded CPU generator)."""
+    """Each pixel missing independently with probability `missing_ratio`.
+
+    Drawn by numpy's PCG64 from (seed, a mask tag), not by a torch generator seeded with
+    `seed`: run seed 0 gives image 0 the torch seed 0 for x_T, and the same uniforms would
+    then decide both the mask and x_T's magnitudes at the missing pixels."""
     _check_ratio(missing_ratio, "random")
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.rand(size, size, generator=g) >= missing_ratio
+    rng = np.random.default_rng([int(seed), 0x6D61736B])
+    return torch.from_numpy(rng.random((size, size)) >= missing_ratio)
 
 
 def center_box_mask(size: int, missing_ratio: float) -> torch.Tensor:

@@ -297,6 +297,9 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         "lpips_net": args.lpips_net,
         **{k: v for k, v in sampler_cfg.to_dict().items() if k != "sigma_y"},  # sigma_y stays in CLI units
     }
+    if args.deg == "cs_walshhadamard" or (mask or "").startswith("random:"):
+        # drawn from numpy streams of their own since 2026-11-26 (before: torch's, shared with x_T)
+        settings["operator_stream"] = "pcg64"
     if args.add_noise and args.sigma_y > 0:
         # y's noise has its own stream (functions.noise.measurement_seed); folders made when it
         # repeated x_T's draws have no such entry, so they are not resumed into

@@ -394,6 +394,14 @@ def test_a_changed_checkpoint_does_not_resume_into_finished_results(tiny, capsys
     assert results(tiny, "swapped")["summary"]["num_images"] == 2
 
 
+def test_random_mask_runs_from_its_own_stream(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "inpainting", "--mask", "random:0.3",
+                         "--subset_end", "1", "-i", "random_mask")
+    assert rc == 0, err
+    res = results(tiny, "random_mask")
+    assert res["settings"]["operator_stream"] == "pcg64" and res["summary"]["consistency"] < 1e-3
+
+
 def test_usage_error_is_one_line(tiny, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--config", tiny.config, "--deg", "denoising"])

@@ -91,3 +91,15 @@ def test_bad_mask_suffix(tmp_path):
     (tmp_path / "m.txt").write_text("1")
     with pytest.raises(ValueError, match=r"\.png or \.npy"):
         load_mask(tmp_path / "m.txt", 16)
+
+
+def test_random_mask_is_independent_of_image_zeros_initial_noise():
+    """Run seed 0 gives image 0 the torch seed 0 for x_T. A mask drawn by a torch generator
+    seeded 0 used the same uniforms, so x_T was 0.63 in size over the missing pixels against
+    0.95 over the kept ones; the mask's own stream removes that."""
+    from functions.noise import PerImageNoise, seed_for
+
+    x_T = PerImageNoise([seed_for(0, 0)]).randn((3, 64, 64))[0, 0].abs()
+    m = random_pixel_mask(64, 0.5, seed=0)
+    assert abs(float(x_T[~m].mean()) - float(x_T[m].mean())) < 0.05
+    assert 0.45 < float((~m).float().mean()) < 0.55

@@ -78,8 +78,9 @@ def random_orthogonal(size: int, seed: int) -> torch.Tensor:
 
 
 def random_permutation(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n, generator=g)
+    """The measured Walsh-Hadamard coefficients' order: numpy's PCG64 from (seed, a tag), a
+    stream apart from the torch generators that draw each image's x_T and noise."""
+    return torch.from_numpy(np.random.default_rng([int(seed), 0x7065726D]).permutation(n))
 
 
 class WalshHadamardCS(SVDOperator):
