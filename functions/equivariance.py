@@ -17,6 +17,7 @@ and DDRM alike.
 import math
 from typing import Callable, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from functions.transforms import Transform, get_transform, get_transforms
@@ -68,7 +69,10 @@ class AlternateEquS(PlainDenoiser):
             raise ValueError(f"eps_mapping '{eps_mapping}' is unknown; choose one of: {', '.join(EPS_MAPPINGS)}")
         self.transforms = list(transforms) if transforms else [get_transform("hflip")]
         self.eps_mapping = eps_mapping
-        self._choice = torch.Generator().manual_seed(int(seed))
+        # a stream of its own: a torch generator seeded with the run seed itself would replay the
+        # draws of the image whose x_T seed equals it (run seed 0: image 0)
+        stream = np.random.SeedSequence([int(seed), 0x65717573]).generate_state(1, np.uint32)[0]
+        self._choice = torch.Generator().manual_seed(int(stream))
 
     def transform_for(self, u: int) -> Transform:
         if u % 2 != 0:

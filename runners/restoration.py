@@ -45,6 +45,7 @@ from functions import metrics
 from runners import data, distributed
 from runners.errors import InputError
 from functions.noise import measurement_seed, seed_for
+from functions.transforms import get_transforms
 from runners.results import (OutputFolder, non_finite, atomic_write_json, comparison_table, atomic_write_text, read_json, results_txt, save_image,
                              settings_diff, summarize)
 
@@ -300,6 +301,8 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     if args.deg == "cs_walshhadamard" or (mask or "").startswith("random:"):
         # drawn from numpy streams of their own since 2026-11-26 (before: torch's, shared with x_T)
         settings["operator_stream"] = "pcg64"
+    if sampler_cfg.equs == "alternate" and len(get_transforms(sampler_cfg.transform)) > 1:
+        settings["transform_stream"] = "seedsequence"   # the per-step choices' own stream, since 2026-11-26
     if args.add_noise and args.sigma_y > 0:
         # y's noise has its own stream (functions.noise.measurement_seed); folders made when it
         # repeated x_T's draws have no such entry, so they are not resumed into

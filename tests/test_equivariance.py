@@ -67,3 +67,14 @@ def test_random_transform_choice_is_seeded_and_batch_independent():
         d = make_denoiser(Recorder(), "alternate", "random", seed=5)
         picks.append([d.transform_for(u).name if d.transform_for(u) else None for u in range(10, 0, -1)])
     assert picks[0] == picks[1] and picks[0][1] is None and len({p for p in picks[0] if p}) > 1
+
+
+def test_random_transform_draws_do_not_replay_an_images_noise():
+    """The transform choices have a stream of their own: a generator seeded with the run seed
+    itself would be image 0's x_T generator at run seed 0."""
+    from functions.noise import seed_for
+
+    for run_seed in range(3):
+        d = make_denoiser(Recorder(), "alternate", "random", seed=run_seed)
+        first, last = seed_for(run_seed, 0), seed_for(run_seed, 100002)
+        assert not first <= d._choice.initial_seed() <= last
