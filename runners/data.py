@@ -179,16 +179,16 @@ def _center_crop_arr(img: Image.Image, size: int) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB. PIL's convert("RGB") clips 16-bit grey (modes I;16*, and I holding 16-bit
-    values) to 0-255, which turns most of an image white: those are scaled down first.
+    """8-bit RGB. PIL's convert("RGB") clips 16-bit grey (modes I;16*, and I for 16-bit files
+    under older Pillow) to 0-255, which turns most of an image white: those are scaled down
+    first, by their bit depth (a dark 16-bit image stays dark).
     Floating-point images have no agreed range and are refused."""
     if img.mode.startswith("I;16") or img.mode == "I":
         arr = np.asarray(img).astype(np.int64)
         if arr.min() < 0 or arr.max() > 65535:
             raise DatasetError(f"{getattr(img, 'filename', 'image')}: 32-bit integer pixels outside 0-65535; "
                                f"save it as an 8- or 16-bit image")
-        img = Image.fromarray((arr // 257).astype(np.uint8) if img.mode != "I" or arr.max() > 255
-                              else arr.astype(np.uint8))
+        img = Image.fromarray((arr // 257).astype(np.uint8))   # 16-bit files open as I;16 (or I, older Pillow)
     elif img.mode == "F":
         raise DatasetError(f"{getattr(img, 'filename', 'image')}: floating-point pixels (PIL mode F) have no "
                            f"agreed range; save it as an 8- or 16-bit image")

@@ -51,7 +51,11 @@ def _write_folder(target: Path, make_images) -> None:
     if target.is_dir():
         if any(target.iterdir()):
             return
-        target.rmdir()  # an empty folder (left by an older version): fill it
+        try:
+            target.rmdir()  # an empty folder (left by an older version): fill it
+        except OSError:     # another process removed or filled it first
+            if target.is_dir() and any(target.iterdir()):
+                return
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:

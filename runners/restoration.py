@@ -227,7 +227,10 @@ def _sampler_config(args, config):
         sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
         schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
         travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
-        eps_mapping=args.eps_mapping, transform_seed=int(args.seed),
+        eps_mapping=args.eps_mapping,
+        # seeds the per-step choice among several transforms; 0 otherwise, so that it stays out of
+        # the fingerprint of runs it cannot affect
+        transform_seed=int(args.seed) if equs == "alternate" and len(get_transforms(args.transform)) > 1 else 0,
         clip_x0=bool(args.clip_x0 if getattr(args, "clip_x0", None) is not None
                      else (config.get("sampling") or {}).get("clip_x0", False)),
     )

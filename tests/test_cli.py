@@ -402,6 +402,19 @@ def test_random_mask_runs_from_its_own_stream(tiny, capsys):
     assert res["settings"]["operator_stream"] == "pcg64" and res["summary"]["consistency"] < 1e-3
 
 
+def test_transform_seed_enters_the_settings_only_where_it_draws(tiny):
+    """--seed seeds the per-step choice among several transforms; elsewhere it must not change the
+    fingerprint (folders made with other seeds would be refused for nothing)."""
+    def settings(*extra):
+        argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--path_y", "faces", "--deg", "denoising",
+                "--seed", "3", "-i", "ts", *FAST, *extra]
+        return restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").settings
+
+    assert settings()["transform_seed"] == 0
+    assert settings("--EquS")["transform_seed"] == 0
+    assert settings("--EquS", "--transform", "random")["transform_seed"] == 3
+
+
 def test_usage_error_is_one_line(tiny, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--config", tiny.config, "--deg", "denoising"])
