@@ -86,9 +86,14 @@ def env_context(env: Mapping[str, str] = None) -> Context:
 def rank_device(requested: Optional[str], ctx: Context) -> Optional[str]:
     """The device this rank should use: cuda:LOCAL_RANK for a default or index-less CUDA request.
 
-    An explicit index (cuda:1) or a non-CUDA device is kept as given; None keeps the
-    runner's own default when CUDA is absent.
+    An explicit index (cuda:1) is refused with several processes (they would share one
+    GPU); a non-CUDA device is kept as given; None keeps the runner's own default when CUDA
+    is absent.
     """
+    if ctx.world_size > 1 and requested is not None and requested.startswith("cuda:"):
+        raise ValueError(f"--device {requested} with {ctx.world_size} processes would put every rank on one GPU; "
+                         f"give --device cuda (rank r takes cuda:LOCAL_RANK) and choose GPUs with "
+                         f"CUDA_VISIBLE_DEVICES")
     wants_cuda = requested in (None, "cuda") and torch.cuda.is_available()
     if ctx.world_size > 1 and wants_cuda:
         count = torch.cuda.device_count()

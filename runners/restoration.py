@@ -524,17 +524,34 @@ def execute(plan: Plan) -> Optional[Dict]:
 
     # The first process on each node resolves (and if need be downloads) the checkpoint before
     # the others look for it; a missing checkpoint fails here, before any write.
+    # A user error on one rank is raised on every rank (all_gather is also the barrier), so
+    # that no rank is left waiting in a collective for one that has exited.
     eps_model, model_path = None, (previous or {}).get("checkpoint")
     model_id = (previous or {}).get("checkpoint_id")
     first_on_node = ctx.local_rank == 0
-    if pending and first_on_node and (mine or ctx.is_main):
-        eps_model, model_path = load_eps_model(plan)
-        if ctx.is_main:
-            model_id = _check_same_checkpoint(previous, done, model_path)
-    ctx.barrier()
-    if pending and not first_on_node and mine:
-        eps_model, model_path = load_eps_model(plan)
-    ctx.barrier()  # every rank has read the folder's state before rank 0 changes it
+
+    def load(check: bool) -> Optional[str]:
+        nonlocal eps_model, model_path, model_id
+        try:
+            eps_model, model_path = load_eps_model(plan)
+            if check:
+                model_id = _check_same_checkpoint(previous, done, model_path)
+        except Exception as exc:
+            if ctx.world_size == 1:
+                raise
+            if isinstance(exc, InputError):
+                return str(exc)
+            LOG.exception(f"rank {ctx.rank}: loading the model failed")   # the traceback, on this rank
+            return f"rank {ctx.rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        return None
+
+    for phase_loads in (pending and first_on_node and (mine or ctx.is_main),
+                        pending and not first_on_node and mine):
+        error = load(ctx.is_main) if phase_loads else None
+        errors = [e for e in ctx.all_gather(error) if e]
+        if errors:
+            raise InputError(errors[0])
+    # (the second all_gather above: every rank has read the folder's state before rank 0 changes it)
 
     if ctx.is_main:
         if args.overwrite:

@@ -211,6 +211,8 @@ def train(args) -> dict:
     size = int(config["data"]["image_size"])
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)
+    if args.channels_last:  # before the EMA copy and the optimiser, so all three share the layout
+        model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     decay = args.ema if args.ema is not None else float(config["model"].get("ema_rate", 0.999))
@@ -218,8 +220,6 @@ def train(args) -> dict:
     _, images = load_folder(args.data)
     crops = CropSampler(images, size, args.min_scale, args.rot90, torch.Generator().manual_seed(args.seed))
     g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     out = Path(args.out)

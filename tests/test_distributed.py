@@ -151,10 +151,22 @@ def test_rank_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.rank_device(None, ctx) == "cuda:1"
     assert distributed.rank_device("cuda", ctx) == "cuda:1"
-    assert distributed.rank_device("cuda:0", ctx) == "cuda:0"  # an explicit index is kept
+    with pytest.raises(ValueError, match="every rank on one GPU"):   # an explicit index would be shared
+        distributed.rank_device("cuda:0", ctx)
+    assert distributed.rank_device("cuda:0", distributed.Context()) == "cuda:0"   # one process: kept
     assert distributed.rank_device("cpu", ctx) == "cpu"
     assert distributed.rank_device(None, distributed.Context()) is None  # single process: runner default
     with pytest.raises(ValueError, match="LOCAL_RANK 2 has no GPU of its own"):
         distributed.rank_device(None, distributed.Context(rank=2, world_size=4, local_rank=2))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert distributed.rank_device(None, ctx) is None
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank(runs):
+    """A missing checkpoint fails where rank 0 loads it; the other rank gets the same one-line
+    error instead of waiting in a collective for a rank that has exited (NCCL would wait hours)."""
+    proc = torchrun(2, common_args(runs.tiny, "no_ckpt", "--ckpt", str(runs.tiny.root / "nowhere.ckpt")))
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:") and "nowhere.ckpt" in l]
+    assert len(lines) == 2, proc.stderr[-2000:]          # one per rank
+    assert not folder(runs.tiny, "no_ckpt").root.exists()  # nothing written
