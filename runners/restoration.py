@@ -125,6 +125,11 @@ def _check_flags(args) -> None:
         raise InputError("--deg_scale must be a number (got nan)")
 
 
+def _draws_transforms(equs: Optional[str], transform: str) -> bool:
+    """Alternate EquS over a set of transforms: one is drawn per transformed step."""
+    return equs == "alternate" and len(get_transforms(transform)) > 1
+
+
 def _check_speed_flags(args, device: torch.device) -> None:
     dtype = getattr(args, "dtype", "auto")
     if dtype not in DTYPES:
@@ -230,7 +235,7 @@ def _sampler_config(args, config):
         eps_mapping=args.eps_mapping,
         # seeds the per-step choice among several transforms; 0 otherwise, so that it stays out of
         # the fingerprint of runs it cannot affect
-        transform_seed=int(args.seed) if equs == "alternate" and len(get_transforms(args.transform)) > 1 else 0,
+        transform_seed=int(args.seed) if _draws_transforms(equs, args.transform) else 0,
         clip_x0=bool(args.clip_x0 if getattr(args, "clip_x0", None) is not None
                      else (config.get("sampling") or {}).get("clip_x0", False)),
     )
@@ -304,7 +309,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     if args.deg == "cs_walshhadamard" or (mask or "").startswith("random:"):
         # drawn from numpy streams of their own since 2026-11-26 (before: torch's, shared with x_T)
         settings["operator_stream"] = "pcg64"
-    if sampler_cfg.equs == "alternate" and len(get_transforms(sampler_cfg.transform)) > 1:
+    if _draws_transforms(sampler_cfg.equs, sampler_cfg.transform):
         settings["transform_stream"] = "seedsequence"   # the per-step choices' own stream, since 2026-11-26
     if args.add_noise and args.sigma_y > 0:
         # y's noise has its own stream (functions.noise.measurement_seed); folders made when it

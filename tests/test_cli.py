@@ -466,24 +466,20 @@ def test_class_labels_come_from_the_list_file(tiny, capsys):
 
 
 def test_unlabelled_images_for_a_class_conditional_model_are_refused_before_anything(tiny, capsys):
-    cfg = yaml.safe_load(Path(tiny.config).read_text())
-    cfg["model"]["class_cond"] = True
-    cfg["model"]["checkpoint"] = "logs/never_loaded.ckpt"   # the refusal comes before any load or download
-    (tiny.root / "cond.yml").write_text(yaml.safe_dump(cfg))
-    rc, _, err = run_cli(tiny, capsys, "--config", tiny.root / "cond.yml", "--path_y", "faces", "--deg",
-                         "denoising", "-i", "cond_unlabelled")
-    line = _one_line(err)
-    assert rc == 2 and "class-conditional" in line and "3 image(s)" in line
-    assert not (tiny.exp / "image_samples" / "cond_unlabelled").exists()
-    # labelled, but with a class the model does not have
-    cfg = yaml.safe_load(Path(tiny.config_imagenet).read_text())
-    cfg["model"].update(class_cond=True, num_classes=1, checkpoint="logs/never_loaded.ckpt")
-    (tiny.root / "cond1.yml").write_text(yaml.safe_dump(cfg))
-    rc, _, err = run_cli(tiny, capsys, "--config", tiny.root / "cond1.yml", "--path_y", "imagenet", "--deg",
-                         "denoising", "-i", "cond_range")
-    line = _one_line(err)
-    assert rc == 2 and "class label 1" in line and "1 classes" in line
-    assert not (tiny.exp / "image_samples" / "cond_range").exists()
+    def refused(base_config, name, path_y, **model):
+        cfg = yaml.safe_load(Path(base_config).read_text())
+        # the refusal comes before any load or download
+        cfg["model"].update(class_cond=True, checkpoint="logs/never_loaded.ckpt", **model)
+        (tiny.root / f"{name}.yml").write_text(yaml.safe_dump(cfg))
+        rc, _, err = run_cli(tiny, capsys, "--config", tiny.root / f"{name}.yml", "--path_y", path_y, "--deg",
+                             "denoising", "-i", name)
+        assert rc == 2 and not (tiny.exp / "image_samples" / name).exists()
+        return _one_line(err)
+
+    line = refused(tiny.config, "cond_unlabelled", "faces")
+    assert "class-conditional" in line and "3 image(s)" in line
+    line = refused(tiny.config_imagenet, "cond_range", "imagenet", num_classes=1)  # a class the model lacks
+    assert "class label 1" in line and "1 classes" in line
 
 
 # ------------------------------------------------------------------ evaluation.sh and docs
