@@ -11,7 +11,9 @@
    least 3x less overhead. Timed at eta 0.85 (the reference's default) and at eta 0
    (the reference draws its noise whatever eta; this loop draws none at 0): at 0.85
    both loops draw the same torch.randn image every step, and on a CPU that shared
-   draw is most of the cheap operators' step, which bounds their ratio.
+   draw is most of the cheap operators' step, which bounds their ratio. At eta > 0
+   both loops are also timed with the draw taken out (`StaleNoise` hands back one
+   fixed buffer): the ratio of what the two loops do differently.
 2. The wall-time ratio EquS / DDNM with a real small UNet (the demo architecture,
    random weights) at --unet_size: EquS adds no network evaluation, so the target
    is at most 1.03. Reported as the ratio of best times, as the median of paired
@@ -47,8 +49,20 @@ def zero_eps(x, t):
     return torch.zeros_like(x)
 
 
-def reference_style_loop(op, y, x_T, steps, eta, device):
+class StaleNoise:
+    """Hands back one fixed buffer instead of drawing: times a loop with its noise draw taken
+    out (the numbers are meaningless; the memory traffic of the step is unchanged)."""
+
+    def __init__(self, like):
+        self.buffer = torch.randn_like(like)
+
+    def randn_like(self, x):
+        return self.buffer
+
+
+def reference_style_loop(op, y, x_T, steps, eta, device, noise=None):
     """The official loop's habits, with the same operator, for comparison only."""
+    randn_like = torch.randn_like if noise is None else noise.randn_like
     def compute_alpha(beta, t):
         beta = torch.cat([torch.zeros(1, device=beta.device), beta], dim=0)
         return (1 - beta).cumprod(dim=0).index_select(0, t + 1).view(-1, 1, 1, 1)
@@ -82,16 +96,16 @@ def reference_style_loop(op, y, x_T, steps, eta, device):
         x0_t_hat = x0_t - a_pinv_svd(a_svd(x0_t.reshape(n, -1)) - y.reshape(n, -1)).reshape(*x0_t.size())
         c1 = (1 - at_next).sqrt() * eta
         c2 = (1 - at_next).sqrt() * ((1 - eta ** 2) ** 0.5)
-        xt_next = at_next.sqrt() * x0_t_hat + c1 * torch.randn_like(x0_t) + c2 * et
+        xt_next = at_next.sqrt() * x0_t_hat + c1 * randn_like(x0_t) + c2 * et
         x0_preds.append(host(x0_t))
         xs.append(host(xt_next))
     return xs[-1]
 
 
-def project_loop(op, y, x_T, steps, eta, device):
+def project_loop(op, y, x_T, steps, eta, device, noise=None):
     levels = NoiseLevels(BETAS, device=device)
     schedule = build_schedule(steps, "uniform")
-    noise = PerImageNoise(range(x_T.shape[0]), device=device)
+    noise = PerImageNoise(range(x_T.shape[0]), device=device) if noise is None else noise
     return sample(make_denoiser(zero_eps), DDNMRule(op, y, eta), x_T, schedule, levels, noise)
 
 
@@ -165,9 +179,10 @@ def main():
     noise_ms = 1000 * best_seconds([lambda: x_noise.normal_()], device, 20)[0]
     print(f"One 1x3x{args.size}x{args.size} noise draw (torch.randn, shared by both loops at eta > 0): "
           f"{noise_ms:.2f} ms\n")
-    header = " | ".join(f"ours / reference at eta {eta:g} (ms/step) | ratio" for eta in args.etas)
+    header = " | ".join(f"ours / reference at eta {eta:g} (ms/step) | ratio"
+                        + (" | the same without the draw | ratio" if eta > 0 else "") for eta in args.etas)
     print(f"| operator | {header} |")
-    print("|---|" + "---|---|" * len(args.etas))
+    print("|---|" + "".join("---|---|---|---|" if eta > 0 else "---|---|" for eta in args.etas))
     g = torch.Generator().manual_seed(0)
     for deg in DEGRADATIONS:
         op = build_operator(deg, image_size=args.size, deg_scale=SCALES.get(deg), device=device)
@@ -176,10 +191,16 @@ def main():
         y = op.A(x)
         cells = []
         for eta in args.etas:
-            ours, ref = (1000 * sec / args.steps for sec in best_seconds(
-                [lambda: project_loop(op, y, x_T, args.steps, eta, device),
-                 lambda: reference_style_loop(op, y, x_T, args.steps, eta, device)], device, args.repeat))
-            cells.append(f"{ours:.2f} / {ref:.2f} | {ref / ours:.1f}x")
+            loops = [lambda: project_loop(op, y, x_T, args.steps, eta, device),
+                     lambda: reference_style_loop(op, y, x_T, args.steps, eta, device)]
+            if eta > 0:  # the same two loops with the shared draw taken out of both
+                stale = StaleNoise(x_T)
+                loops += [lambda: project_loop(op, y, x_T, args.steps, eta, device, stale),
+                          lambda: reference_style_loop(op, y, x_T, args.steps, eta, device, stale)]
+            ms = [1000 * sec / args.steps for sec in best_seconds(loops, device, args.repeat)]
+            cells.append(f"{ms[0]:.2f} / {ms[1]:.2f} | {ms[1] / ms[0]:.1f}x")
+            if eta > 0:
+                cells.append(f"{ms[2]:.2f} / {ms[3]:.2f} | {ms[3] / ms[2]:.1f}x")
         print(f"| {deg} | {' | '.join(cells)} |")
     if not args.skip_unet:
         times, paired, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)

@@ -4,7 +4,9 @@ A sampler is (denoiser, step rule, x_T, schedule, noise source). The loop asks
 the denoiser (plain or an EquS wrapper, see functions/equivariance.py) for
 (x0, eps) at each reverse step and hands them to the step rule, which enforces
 the measurement y and returns x_{t-1}. Steps whose schedule goes back up in time
-(RePaint time travel) re-noise the last x0 prediction instead.
+(RePaint time travel) re-noise the last x0 prediction instead: the model's own
+prediction, before the projection, as the official DDNM does ('x0'), or the
+projected x0_hat ('x0_hat', consistent with y).
 
 State stays on the sampling device: the loop keeps the current x_t and the last
 x0 prediction, nothing else, and never reads a value back to the host; pass a
@@ -22,6 +24,7 @@ from functions.noise import PerImageNoise
 from functions.schedules import Step, build_schedule
 
 SAMPLERS = ("ddnm", "ddnm_plus", "ddrm")
+TRAVEL_FROM = ("x0", "x0_hat")
 
 
 class DDNMRule:
@@ -136,8 +139,13 @@ class DDRMRule:
 
 @torch.no_grad()
 def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: NoiseLevels,
-           noise, callback: Optional[Callable] = None, clip_x0: bool = False) -> torch.Tensor:
+           noise, callback: Optional[Callable] = None, clip_x0: bool = False,
+           travel_from: str = "x0") -> torch.Tensor:
     """Walk the schedule from x_T and return the final x (at t = -1).
+
+    travel_from: what a time-travel step re-noises. 'x0' (the official DDNM keeps
+    x0_t, the prediction before the projection, in `x0_preds` and re-noises
+    that) or 'x0_hat' (the projected prediction, which agrees with y).
 
     clip_x0 clamps each x0 prediction to the image range [-1, 1] before the step
     rule sees it (guided-diffusion's clip_denoised; the official DDNM does not):
@@ -148,8 +156,10 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
     Runs without autograd, so that a model whose weights require grad does not keep
     every step's activations (memory would grow with the number of steps).
     """
+    if travel_from not in TRAVEL_FROM:
+        raise ValueError(f"travel_from must be one of {TRAVEL_FROM}, got {travel_from!r}")
     x = rule.init(x_T, levels.abar(schedule[0].t))
-    x0_last = None
+    x0_last = x0_travel = None
     for i, step in enumerate(schedule):
         abar_next = levels.abar(step.t_next)
         if step.is_reverse:
@@ -158,8 +168,9 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
             if clip_x0:
                 x0 = x0.clamp(-1, 1)
             x, x0_last = rule.step(x, x0, eps, abar_t, abar_next, noise)
+            x0_travel = x0 if travel_from == "x0" else x0_last
         else:  # time travel: re-noise the last x0 prediction up to t_next
-            x = noise.randn_like(x0_last).mul_(math.sqrt(1 - abar_next)).add_(x0_last, alpha=math.sqrt(abar_next))
+            x = noise.randn_like(x0_travel).mul_(math.sqrt(1 - abar_next)).add_(x0_travel, alpha=math.sqrt(abar_next))
         if callback is not None:
             callback(i, step, x, x0_last)
     return x
@@ -174,6 +185,7 @@ class SamplerConfig:
     schedule: uniform, tas (EquS+'s, official), tas_dedup (without repeated t = 0).
     equs: None, 'alternate' (the paper's EquS) or 'average'.
     clip_x0: clamp x0 predictions to [-1, 1] (off in the reference; see `sample`).
+    travel_from: what time travel re-noises: 'x0' (the official DDNM's) or 'x0_hat'.
     """
     sampler: str = "ddnm"
     eta: float = 0.85
@@ -188,6 +200,7 @@ class SamplerConfig:
     eps_mapping: str = "official"
     transform_seed: int = 0
     clip_x0: bool = False
+    travel_from: str = "x0"
 
     def to_dict(self):
         return asdict(self)
@@ -234,5 +247,6 @@ def restore(eps_model, op, y: torch.Tensor, betas: torch.Tensor, cfg: SamplerCon
     schedule = build_schedule(cfg.steps, cfg.schedule, levels.num_timesteps, cfg.travel_length, cfg.travel_repeat)
     denoiser = make_denoiser(eps_model, cfg.equs, cfg.transform, cfg.eps_mapping, cfg.transform_seed)
     rule = make_rule(cfg, op, y)
-    x = sample(denoiser, rule, x_T, schedule, levels, noise, callback, clip_x0=cfg.clip_x0)
+    x = sample(denoiser, rule, x_T, schedule, levels, noise, callback, clip_x0=cfg.clip_x0,
+               travel_from=cfg.travel_from)
     return SampleResult(x0=x, nfe=denoiser.nfe, schedule=schedule)

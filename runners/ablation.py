@@ -137,7 +137,7 @@ def run(args, write=None):
             for seed in (args.heavy_seeds or args.seeds[:1]) if heavy else args.seeds:
                 cfg = SamplerConfig(steps=args.steps, eta=args.eta, sigma_y=sigma, transform_seed=seed,
                                     clip_x0=args.clip_x0, travel_length=args.travel_length,
-                                    travel_repeat=args.travel_repeat, **ROWS[row])
+                                    travel_repeat=args.travel_repeat, travel_from=args.travel_from, **ROWS[row])
                 t0 = time.time()
                 with torch.no_grad():
                     res = restore(eps_model, op, y, betas, cfg, seeds=[seed_for(seed, i) for i in range(len(items))])
@@ -174,7 +174,7 @@ def write_outputs(results, grid_tiles, args, names, quiet=False):
     lines = [f"Held-out demo images ({len(names)} tiles of chelsea and coffee, 64x64), demo prior "
              f"({args.config}), {args.steps} steps, eta {args.eta}, seeds {args.seeds} (the d4 row: "
              f"{args.heavy_seeds or args.seeds[:1]}){', x0 clipped to [-1, 1]' if args.clip_x0 else ''}"
-             f"{f', time travel {args.travel_length}x{args.travel_repeat}' if args.travel_length > 1 else ''}: mean ± sample std (ddof 1) over seeds of the per-seed mean over images. "
+             f"{f', time travel {args.travel_length}x{args.travel_repeat} from {args.travel_from}' if args.travel_length > 1 else ''}: mean ± sample std (ddof 1) over seeds of the per-seed mean over images. "
              f"Cons = RMS of A(x) - y in 8-bit units (after clipping to the image range).", ""]
     for task, table in results.items():
         noisy = TASKS[task].get("sigma_y", 0) > 0
@@ -227,6 +227,8 @@ def main(argv=None):
     p.add_argument("--clip_x0", action="store_true", help="clamp x0 predictions to [-1, 1] in every diffusion row")
     p.add_argument("--travel_length", type=int, default=1, help="RePaint time travel for every diffusion row")
     p.add_argument("--travel_repeat", type=int, default=1, help="RePaint time travel: repeats of each jump")
+    p.add_argument("--travel_from", choices=("x0", "x0_hat"), default="x0",
+                   help="what a jump back re-noises: x0 (the official DDNM's) or the projected x0_hat")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
     run(args, write=lambda results, tiles, names: write_outputs(results, tiles, args, names, quiet=True))

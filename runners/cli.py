@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--travel_repeat", type=int, default=None,
                    help="RePaint time travel: go over each jump this many times (default: time_travel.travel_repeat "
                         "of the config; 1 = none)")
+    n.add_argument("--travel_from", choices=("x0", "x0_hat"), default="x0",
+                   help="what a time-travel jump re-noises: x0 = the model's prediction before the projection "
+                        "(the official DDNM), x0_hat = the projected one, consistent with y")
     n.add_argument("--schedule", choices=("uniform", "tas", "tas_dedup"), default=None,
                    help="timestep schedule (default: uniform; tas with --EquSplus)")
     n.add_argument("--batch_size", type=int, default=None, help="images per batch (default: sampling.batch_size of the config)")

@@ -232,7 +232,7 @@ def _sampler_config(args, config):
         sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
         schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
         travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
-        eps_mapping=args.eps_mapping,
+        eps_mapping=args.eps_mapping, travel_from=getattr(args, "travel_from", "x0"),
         # seeds the per-step choice among several transforms; 0 otherwise, so that it stays out of
         # the fingerprint of runs it cannot affect
         transform_seed=int(args.seed) if _draws_transforms(equs, args.transform) else 0,
@@ -250,6 +250,16 @@ def _sampler_config(args, config):
     build_schedule(cfg.steps, cfg.schedule, num_timesteps, cfg.travel_length, cfg.travel_repeat)
     make_denoiser(lambda x, t: x, cfg.equs, cfg.transform, cfg.eps_mapping)
     return cfg
+
+
+def _travels(cfg, config) -> bool:
+    """Whether the run's schedule has time-travel steps (jumps back up)."""
+    from functions.diffusion import make_betas
+    from functions.schedules import build_schedule
+
+    num_timesteps = make_betas(config.get("diffusion", {})).numel()
+    schedule = build_schedule(cfg.steps, cfg.schedule, num_timesteps, cfg.travel_length, cfg.travel_repeat)
+    return any(not step.is_reverse for step in schedule)
 
 
 def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
@@ -304,8 +314,13 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         "mask": mask, "mask_sha": _file_digest(mask) if mask and Path(mask).is_file() else None,
         "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": args.ckpt,
         "lpips_net": args.lpips_net,
-        **{k: v for k, v in sampler_cfg.to_dict().items() if k != "sigma_y"},  # sigma_y stays in CLI units
+        # sigma_y stays in CLI units; travel_from only where a step travels (below)
+        **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from")},
     }
+    if _travels(sampler_cfg, config):
+        # time travel re-noises the raw x0 (the official DDNM's) since 2026-11-27, x0_hat before; folders
+        # made before have no such entry, so they are not resumed into
+        settings["travel_from"] = sampler_cfg.travel_from
     if args.deg == "cs_walshhadamard" or (mask or "").startswith("random:"):
         # drawn from numpy streams of their own since 2026-11-26 (before: torch's, shared with x_T)
         settings["operator_stream"] = "pcg64"

@@ -104,7 +104,8 @@ def method_of(settings: Dict) -> str:
         extras.append(f"etaB {settings['etaB']}")
     length, repeat = int(settings.get("travel_length", 1) or 1), int(settings.get("travel_repeat", 1) or 1)
     if length > 1 or repeat > 1:
-        extras.append(f"time travel {length}x{repeat}")
+        extras.append(f"time travel {length}x{repeat}"
+                      + (" from x0_hat" if settings.get("travel_from") == "x0_hat" else ""))
     if settings.get("clip_x0"):
         extras.append("clip_x0")
     for key, default in (("lambda_mode", "reference"), ("blur_svd", "reference")):

@@ -11,8 +11,12 @@ BETAS = make_betas({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0
 
 
 class GaussianEps:
-    def __init__(self, mean: torch.Tensor, var: float, betas: torch.Tensor = BETAS):
-        self.mean, self.var = mean, float(var)
+    """var: one variance for every pixel (a float), or a tensor of per-pixel variances that
+    broadcasts against the image (then the measured part of x0 feeds into the unmeasured part)."""
+
+    def __init__(self, mean: torch.Tensor, var, betas: torch.Tensor = BETAS):
+        self.mean = mean
+        self.var = var if isinstance(var, torch.Tensor) else float(var)
         self.abar = NoiseLevels(betas, device=mean.device).table.to(mean.dtype)
         self.calls = 0
 

@@ -349,3 +349,63 @@ def test_a_float64_run_stays_float64_whatever_eta(eta):
     out = restore(eps, op, y, BETAS, SamplerConfig(steps=6, eta=eta), seeds=[0], x_T=x_T).x0
     assert out.dtype == torch.float64
     assert (op.A(out) - y).abs().max() <= 1e-10      # consistent to double precision
+
+
+def _official_ddnm_with_time_travel(eps_model, op, y, x_T, steps, length, repeat, eta=0.85):
+    """The official DDNM loop (ddnm_diffusion) written out with zero noise: x0_preds keeps x0_t, the
+    model's prediction before the projection, and a jump back in time re-noises x0_preds[-1]."""
+    from functions.diffusion import NoiseLevels
+    from functions.schedules import jump_units
+
+    levels, skip = NoiseLevels(BETAS), 1000 // steps
+    units = jump_units(steps, length, repeat)
+    xs, x0_preds = [x_T], []
+    for i, j in zip(units[:-1], units[1:]):
+        t, t_next = i * skip, max(j * skip, -1)
+        at, at_next = levels.abar(t), levels.abar(t_next)
+        if j < i:
+            xt = xs[-1]
+            et = eps_model(xt, torch.full((xt.shape[0],), float(t)))
+            x0_t = (xt - et * (1 - at) ** 0.5) / at ** 0.5
+            x0_t_hat = x0_t - op.A_pinv(op.A(x0_t) - y)
+            xs.append(at_next ** 0.5 * x0_t_hat + (1 - at_next) ** 0.5 * (1 - eta ** 2) ** 0.5 * et)
+            x0_preds.append(x0_t)
+        else:
+            xs.append(at_next ** 0.5 * x0_preds[-1])
+    return xs[-1]
+
+
+@pytest.mark.parametrize("deg", ["sr_averagepooling", "colorization"])   # A mixes pixels / channels
+def test_time_travel_renoises_the_raw_x0_prediction_as_the_official_ddnm(deg):
+    """A prior with one variance for every pixel (the goldens') cannot tell re-noising x0_t from
+    re-noising x0_hat: what A measures never feeds back into what it does not. Per-pixel
+    variances can; there the default must follow the official loop and x0_hat must differ."""
+    size, g = 16, torch.Generator().manual_seed(1)
+    op = _op(deg, size=size)
+    mean = asymmetric_mean(size)
+    eps = GaussianEps(mean, 0.05 + torch.rand(1, 3, size, size, generator=g))
+    y = op.A(mean + 0.3 * torch.randn(1, 3, size, size, generator=g))
+    x_T = torch.randn(1, 3, size, size, generator=g)
+    official = _official_ddnm_with_time_travel(eps, op, y, x_T, steps=10, length=2, repeat=3)
+
+    def run(**kw):
+        return restore(eps, op, y, BETAS, SamplerConfig(steps=10, **kw), noise=ZeroNoise(), x_T=x_T).x0
+
+    assert (run(travel_length=2, travel_repeat=3) - official).abs().max() < 1e-5
+    assert (run(travel_length=2, travel_repeat=3, travel_from="x0_hat") - official).abs().max() > 1e-3
+    assert torch.equal(run(travel_from="x0"), run(travel_from="x0_hat"))      # no jump, nothing re-noised
+    with pytest.raises(ValueError, match="travel_from"):
+        run(travel_length=2, travel_repeat=3, travel_from="x_t")
+
+
+def test_travel_from_reaches_the_sampler_and_the_run_settings_only_with_travel():
+    from runners import cli
+    from runners.restoration import _sampler_config, _travels
+
+    base = ["--config", "demo.yml", "--deg", "inpainting", "--path_y", "demo", "--steps", "10"]
+    parse = cli.build_parser().parse_args
+    assert _sampler_config(parse(base), {}).travel_from == "x0"                 # the official DDNM's
+    assert _sampler_config(parse(base + ["--travel_from", "x0_hat"]), {}).travel_from == "x0_hat"
+    assert not _travels(_sampler_config(parse(base), {}), {})
+    assert _travels(_sampler_config(parse(base + ["--travel_length", "2", "--travel_repeat", "2"]), {}), {})
+    assert not _travels(_sampler_config(parse(base + ["--travel_length", "10", "--travel_repeat", "2"]), {}), {})

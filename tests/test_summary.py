@@ -67,6 +67,8 @@ def test_methods_and_tasks_from_settings():
     # settings that change the numbers keep a run out of the official cells
     assert summary.method_of(_settings(clip_x0=True)) == "DDNM [clip_x0]"
     assert summary.method_of(_settings(travel_length=10, travel_repeat=3)) == "DDNM [time travel 10x3]"
+    assert (summary.method_of(_settings(travel_length=10, travel_repeat=3, travel_from="x0_hat"))
+            == "DDNM [time travel 10x3 from x0_hat]")
     assert summary.method_of(_settings(sampler="ddrm", etaB=0.5)) == "DDRM [etaB 0.5]"
     assert summary.method_of(_settings(equs="average", transform="flips", schedule="tas")) == "DDNM-EquS(avg) [tas, flips]"
     assert summary.method_of(_settings(config="imagenet_256_cond.yml")) == "DDNM [imagenet_256_cond.yml]"
