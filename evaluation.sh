@@ -3,7 +3,9 @@
 #   bash evaluation.sh            (runs everything in order; resumable: rerun to continue)
 #   python -m runners.summary     (then: the measured table beside the published numbers)
 # Datasets: exp/datasets/celeba_hq/ (CelebA-HQ test faces) and exp/datasets/imagenet/imagenet/ with
-# exp/imagenet_val_1k.txt; checkpoints under exp/logs/ (see docs/cli.md). Append flags to a line as
+# exp/imagenet_val_1k.txt; checkpoints under exp/logs/ (see docs/cli.md); the inpainting mask at
+# exp/inp_masks/mask.npy, where the reference reads it (without it inpainting uses the built-in mask and
+# runners.summary keeps those runs out of Table 1's cells). Append flags to a line as
 # needed (--batch_size 8, --device cuda:1, --subset_end 100, ...); --EquS / --EquSplus switch EquS on.
 set -u
 

@@ -91,8 +91,15 @@ def find_list_file(config, exp: str, root: Path) -> Optional[Path]:
 
 
 def _scan(root: Path) -> List[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Image files below root, sorted, following symlinked folders (the usual way to put a dataset
+    at exp/datasets/NAME/...) but entering each real folder once, so a link loop ends."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
         for f in sorted(filenames):
             if f.lower().endswith(IMG_EXTENSIONS):

@@ -333,6 +333,9 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))
     notes = []
+    if args.deg == "inpainting" and mask is None:
+        notes.append(f"note: no --mask and no {Path(args.exp) / 'inp_masks' / 'mask.npy'} (where the reference reads "
+                     f"its mask): inpainting uses the built-in default mask (functions/masks.py)")
     if args.sigma_y > 0 and not args.add_noise:
         notes.append(f"note: --sigma_y {args.sigma_y} without --add_noise: y stays noise-free while the sampler "
                      f"assumes noise of that level (the reference's behaviour)")

@@ -65,7 +65,7 @@ def task_of(settings: Dict) -> str:
         return TASKS[0]
     if deg == "cs_blockbased" and float(DEFAULT_CS if scale is None else scale) == 0.25:
         return TASKS[1]
-    if deg == "inpainting":  # whatever the mask; the Runs table names it
+    if deg == "inpainting":  # runs with another mask than the reference's mask.npy: see method_of
         return TASKS[2]
     if deg == "sr_bicubic" and float(DEFAULT_SR if scale is None else scale) == 4:
         return TASKS[3]
@@ -108,6 +108,14 @@ def method_of(settings: Dict) -> str:
                       + (" from x0_hat" if settings.get("travel_from") == "x0_hat" else ""))
     if settings.get("clip_x0"):
         extras.append("clip_x0")
+    if settings.get("deg") == "inpainting":
+        # Table 1's inpainting cells take runs with the reference's exp/inp_masks/mask.npy only, so that
+        # a DDNM cell and an EquS+ cell are never measured with different masks
+        mask = settings.get("mask")
+        if not mask:
+            extras.append("built-in mask")
+        elif Path(str(mask)).name != "mask.npy":
+            extras.append(f"mask {mask if str(mask).startswith(('random:', 'box:')) else Path(str(mask)).name}")
     for key, default in (("lambda_mode", "reference"), ("blur_svd", "reference")):
         if settings.get(key, default) != default:
             extras.append(f"{key} {settings[key]}")

@@ -535,3 +535,22 @@ def test_docs_cover_every_flag():
         for opt in action.option_strings:
             if opt.startswith("--") and opt != "--help":
                 assert f"`{opt}" in docs, opt
+
+
+def test_builtin_mask_is_announced_and_travel_from_enters_settings_only_with_travel(tiny, tmp_path):
+    """Inpainting without --mask and without <exp>/inp_masks/mask.npy says it uses the built-in
+    mask; the time-travel source enters the settings only where a step travels."""
+    def plan(exp, *extra):
+        argv = ["--ni", "--config", tiny.config, "--exp", str(exp), "--path_y", "faces", "--deg", "inpainting",
+                "-i", "mk", *FAST, *extra]
+        return restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu")
+
+    assert not any("built-in default mask" in n for n in plan(tiny.exp).notes)      # exp/inp_masks/mask.npy
+    bare = tmp_path / "exp"
+    (bare / "datasets").mkdir(parents=True)
+    (bare / "datasets" / "faces").symlink_to(tiny.exp / "datasets" / "faces", target_is_directory=True)
+    assert any("built-in default mask" in n for n in plan(bare).notes)
+    assert plan(bare, "--mask", "box:0.25").settings["mask"] == "box:0.25"
+    assert not any("built-in default mask" in n for n in plan(bare, "--mask", "box:0.25").notes)
+    assert "travel_from" not in plan(tiny.exp).settings
+    assert plan(tiny.exp, "--travel_length", "1", "--travel_repeat", "2", "--steps", "3").settings["travel_from"] == "x0"

@@ -96,6 +96,18 @@ def test_recursive_search_and_unique_names(tmp_path):
     assert [it.name for it in data.list_images(tmp_path / "b")] == ["x", "y"]
 
 
+def test_symlinked_folders_are_followed_once(tmp_path):
+    """exp/datasets/NAME/sub -> elsewhere is how datasets are usually put in place; a link back
+    up the tree must not loop."""
+    _write(tmp_path / "store" / "faces" / "f.png")
+    _write(tmp_path / "store" / "faces" / "g.png", seed=1)
+    root = tmp_path / "exp" / "datasets" / "celeba_hq"
+    root.mkdir(parents=True)
+    (root / "celeba_hq").symlink_to(tmp_path / "store" / "faces", target_is_directory=True)
+    (tmp_path / "store" / "faces" / "loop").symlink_to(tmp_path / "store" / "faces", target_is_directory=True)
+    assert [it.name for it in data.list_images(root)] == ["f", "g"]
+
+
 def test_resolve_root_prefers_exp_datasets(tmp_path):
     _write(tmp_path / "exp" / "datasets" / "faces" / "f.png")
     assert data.resolve_root("faces", str(tmp_path / "exp")) == tmp_path / "exp" / "datasets" / "faces"

@@ -79,6 +79,11 @@ def test_methods_and_tasks_from_settings():
     assert summary.task_of(_settings(deg="cs_blockbased", deg_scale=0.5)) == "cs_blockbased 0.5"
     assert summary.task_of(_settings(deg="sr_bicubic", deg_scale=4.0)) == "SR 4x bicubic"
     assert summary.task_of(_settings(deg="inpainting", mask="exp/inp_masks/mask.npy")) == "inpainting"
+    # only the reference's mask.npy fills Table 1's inpainting cells: DDNM and EquS+ never mix masks
+    assert summary.method_of(_settings(deg="inpainting", mask="exp/inp_masks/mask.npy")) == "DDNM"
+    assert summary.method_of(_settings(deg="inpainting")) == "DDNM [built-in mask]"
+    assert summary.method_of(_settings(deg="inpainting", mask="masks/box.png")) == "DDNM [mask box.png]"
+    assert summary.method_of(_settings(deg="inpainting", mask="random:0.5")) == "DDNM [mask random:0.5]"
 
 
 def test_render_places_runs_and_paper_numbers(tmp_path):
