@@ -507,6 +507,9 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
             "consistency": "RMS of A(x_hat) - y over the measurements, in 8-bit units (x127.5 of model space)",
             "fid": "pytorch-fid (Inception pool3) restored vs ground-truth PNGs; indicative below 2048 images",
             "baseline": "the same metrics for A^+ y, the pseudo-inverse of the measurement",
+            "baseline_reference": "deblurring and inpainting only: the same metrics for the image the official "
+                                  "runner saves as Apy (y itself for deblurring; A^+ y with black holes for "
+                                  "inpainting), which the paper's A^+ y row scores",
             "seconds_per_image": "wall time of the sampler per image (batch time / batch size)",
         },
         "summary": summary,
@@ -619,6 +622,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
 
     from functions.diffusion import make_betas
     from functions.noise import PerImageNoise
+    from functions.operators import reference_apy
     from functions.samplers import restore
 
     args, out, op, device, ctx = plan.args, plan.out, plan.op, plan.device, plan.dist
@@ -646,6 +650,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                     gen = PerImageNoise([measurement_seed(args.seed, it.index) for it in batch])
                     y = y + sigma_model * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
                 apy = op.A_pinv(y).reshape(x.shape)
+                ref_apy = reference_apy(op, y)   # the reference's saved "Apy", where it is not A^+ y
             labels = None
             if class_cond:  # every image has a label (checked while planning)
                 labels = torch.tensor([it.label for it in batch], device=device)
@@ -663,6 +668,8 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
             with torch.no_grad():
                 scores = _metric_block(rest01, x01, lp, metrics.consistency(op, x0, y))
                 base = _metric_block(apy01, x01, lp, metrics.consistency(op, apy, y))
+                base_ref = None if ref_apy is None else _metric_block(
+                    _to01(ref_apy), x01, lp, metrics.consistency(op, ref_apy, y))
             apy_h, x01_h, rest_h = apy01.cpu(), x01.cpu(), rest01.cpu()  # one copy per batch
             for i, it in enumerate(batch):
                 save_image(out.apy(it.name), apy_h[i])
@@ -672,7 +679,9 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                     "name": it.name, "index": it.index, "source": str(it.path), "label": it.label,
                     "seed": seed_for(args.seed, it.index), **scores[i], "non_finite": non_finite(scores[i]),
                     "nfe": int(result.nfe),
-                    "seconds": seconds, "baseline": base[i], "device": str(device), "precision": precision,
+                    "seconds": seconds, "baseline": base[i],
+                    **({} if base_ref is None else {"baseline_reference": base_ref[i]}),
+                    "device": str(device), "precision": precision,
                     "batch_size": len(batch), "rank": ctx.rank, "world_size": ctx.world_size,
                     "fingerprint": plan.fingerprint,
                 })

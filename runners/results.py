@@ -166,6 +166,9 @@ def summarize(records: List[dict]) -> Dict:
     summary["nfe"] = records[0].get("nfe") if records else None
     summary["seconds_per_image"] = mean_of(r.get("seconds") for r in records)
     summary["baseline"] = {key: mean_of((r.get("baseline") or {}).get(key) for r in records) for key in METRIC_KEYS}
+    if records and all("baseline_reference" in r for r in records):
+        summary["baseline_reference"] = {key: mean_of(r["baseline_reference"].get(key) for r in records)
+                                         for key in METRIC_KEYS}
     return summary
 
 

@@ -7,7 +7,8 @@ places each run by what it ran, read from its recorded settings, never from the
 folder name: the dataset (config data.dataset), the task (deg, deg_scale) and
 the method (sampler + EquS mode + schedule). Noise-free runs of the paper's five
 tasks fill Table 1; noisy runs and other tasks get tables of their own. The
-"A^+ y" row is the baseline recorded by a run of that task.
+"A^+ y" row is the baseline recorded by a run of that task: the image the
+official runner saves as Apy (`baseline_reference` where that is not A^+ y).
 
 LPIPS in these tables is the official variant (VGG on un-normalised [0, 1]
 images), the one the published numbers used; results.json has the correctly
@@ -178,7 +179,11 @@ def table1(dataset: str, runs: List[Dict]) -> List[str]:
             here = [r for r in mine if r["task"] == task]
             if method == "A^+ y":
                 found = [r for r in here if r["method"] == "DDNM"] or here
-                measured = triple(_best(found)["summary"].get("baseline", {}), color) if found else "–"
+                summary = _best(found)["summary"] if found else {}
+                # the paper's row scores the image the reference saves as Apy (deblur: y itself;
+                # inpainting: black holes), recorded as baseline_reference where it is not A^+ y
+                baseline = summary.get("baseline_reference") or summary.get("baseline", {})
+                measured = triple(baseline, color) if found else "–"
             else:
                 found = [r for r in here if r["method"] == method]
                 measured = triple(_best(found)["summary"], color) if found else "–"
@@ -205,7 +210,9 @@ def render(runs: List[Dict]) -> str:
     lines = ["# Measured results beside the EquS paper (Table 1)", "",
              "Cells: measured PSNR / SSIM / LPIPS (colorization: Cons / FID / LPIPS), then the paper's in "
              "brackets. LPIPS is the official variant (VGG on [0, 1] inputs); Cons is this project's "
-             "(RMS of A x - y in 8-bit units), so only its trend compares. '–': not measured.", ""]
+             "(RMS of A x - y in 8-bit units), so only its trend compares. The A^+ y row is what the "
+             "official runner saves as Apy and the paper scores: A^+ y, except y itself for deblurring and "
+             "A^+ y with black holes for inpainting ('baseline_reference' in results.json). '–': not measured.", ""]
     datasets = [d for d in ("ImageNet", "CelebA-HQ") if any(r["dataset"] == d for r in runs)] or ["ImageNet",
                                                                                                  "CelebA-HQ"]
     for d in datasets:

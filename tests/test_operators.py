@@ -475,3 +475,26 @@ def test_walsh_hadamard_is_the_reference_transform():
     for _ in range(6):
         H = torch.kron(H, torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64))
     assert torch.allclose(op.fwht(x).reshape(-1), H @ x.reshape(-1) / 8, atol=1e-12)
+
+
+@pytest.mark.parametrize("deg", DEGRADATIONS)
+def test_reference_apy_is_the_image_the_official_runner_saves(deg):
+    """Deblurring: y itself as an image (the blurred x); inpainting: A^+ y with the holes at -1;
+    everything else: A^+ y (None)."""
+    from functions.operators import reference_apy
+
+    scale = {"sr_averagepooling": 4, "sr_bicubic": 4, "cs_walshhadamard": 0.25, "cs_blockbased": 0.25}.get(deg)
+    op = build_operator(deg, image_size=32, deg_scale=scale)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    y = op.A(x)
+    ref = reference_apy(op, y)
+    if deg.startswith("deblur"):
+        assert ref.shape == x.shape and torch.equal(ref, y.reshape(x.shape))
+        assert (ref - x).abs().mean() > (op.A_pinv(y).reshape(x.shape) - x).abs().mean()   # blurred, not A^+ y
+    elif deg == "inpainting":
+        missing = (op.A_pinv(op.A(torch.ones_like(x))).reshape(x.shape) == 0)
+        assert 0 < missing.float().mean() < 1
+        assert torch.equal(ref[missing], torch.full_like(ref[missing], -1.0))
+        assert torch.allclose(ref[~missing], x[~missing], atol=1e-6)   # y + 1 - 1 in float32
+    else:
+        assert ref is None

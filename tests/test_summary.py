@@ -45,12 +45,14 @@ def _settings(**kw):
     return base
 
 
-def _write_run(root, name, dataset, settings, s, baseline=None, n=10):
+def _write_run(root, name, dataset, settings, s, baseline=None, n=10, baseline_reference=None):
     folder = root / name
     folder.mkdir(parents=True)
     summ = {"num_images": n, "psnr": s[0], "ssim": s[1], "lpips_official": s[2], "lpips": 0.5,
             "consistency": s[0], "fid": s[1] * 100,
             "baseline": baseline or {"psnr": 1.0, "ssim": 0.1, "lpips_official": 0.9, "consistency": 7.0, "fid": 99.0}}
+    if baseline_reference:
+        summ["baseline_reference"] = baseline_reference
     (folder / "results.json").write_text(json.dumps({
         "settings": settings, "summary": summ, "config": {"data": {"dataset": dataset}},
         "device": "cpu", "updated": "2026-01-01T00:00:00+00:00"}))
@@ -113,6 +115,17 @@ def test_render_places_runs_and_paper_numbers(tmp_path):
     assert "sr_averagepooling 4, sigma_y 0.2" in noisy and "DDNM+" in noisy
     assert "| a | ImageNet | deblur (gauss) | DDNM | 10 |" in text
     assert "## Other tasks" not in text
+
+
+def test_the_a_pinv_y_row_scores_the_reference_apy_image_where_recorded(tmp_path):
+    """The paper's A^+ y row for deblurring scores the blurred y (what the reference saves as Apy)."""
+    root = tmp_path / "exp" / "image_samples"
+    _write_run(root, "a", "CelebA_HQ", _settings(), (46.0, 0.99, 0.01),
+               baseline={"psnr": 42.5, "ssim": 0.979, "lpips_official": 0.02},
+               baseline_reference={"psnr": 19.15, "ssim": 0.699, "lpips_official": 0.3})
+    text = summary.render(summary.load_runs(sorted(root.iterdir())))
+    apy = next(l for l in text.split("## CelebA-HQ")[1].splitlines() if l.startswith("| A^+ y |"))
+    assert "19.15 / 0.699 / 0.300 (paper 18.85 / 0.686 / 0.305)" in apy and "42.50" not in apy
 
 
 def test_runs_outside_table1_are_listed(tmp_path):
