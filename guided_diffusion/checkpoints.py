@@ -88,6 +88,14 @@ def _where_to_get(path: Path, source: Optional[CheckpointSource]) -> str:
     return f"download it from {origin} and put it at {path}"
 
 
+def download_advice(path: Union[str, Path]) -> Optional[str]:
+    """'download it from ... and put it at PATH' for a file that one of the known sources provides,
+    else None (a bundled or user-trained checkpoint has no download to repeat)."""
+    path = Path(path)
+    source = SOURCES.get(path.name)
+    return None if source is None else _where_to_get(path, source)
+
+
 def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Union[None, str, Path] = None,
                        download: bool = True, urls: Optional[Sequence[str]] = None,
                        progress: bool = True, timeout: float = 30.0) -> Path:
@@ -135,16 +143,26 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
     Nothing is left at `dest` or beside it unless the file is complete and valid.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as out:
             _download_into(url, out, dest.name, progress, timeout)
-        validate_checkpoint(tmp, expected)
+        try:
+            validate_checkpoint(tmp, expected)
+        except CheckpointError as err:   # name the download, not the temporary file about to go
+            raise CheckpointError(str(err).replace(str(tmp), f"the downloaded {dest.name}")) from None
+        # mkstemp makes the file private (0600); a checkpoint in a shared exp/ gets the usual mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
+    except OSError as err:   # a full disk, a folder that is a file, no permission: one line, not a traceback
+        raise CheckpointError(f"cannot write {dest} ({err.strerror or err})") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
     return dest
 
@@ -209,6 +227,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing failure
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if first.startswith("Weights only load failed"):   # torch then suggests weights_only=False: not for junk
+            first = "it holds more than tensors, or its pickle is damaged"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, truncated or corrupt ({first})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

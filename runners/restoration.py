@@ -347,13 +347,19 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
 
 def load_eps_model(plan: Plan):
     """The network as eps(x, t) in the precision and layout the flags ask for."""
-    from guided_diffusion.checkpoints import load_weights, resolve_checkpoint
+    from guided_diffusion.checkpoints import CheckpointError, download_advice, load_weights, resolve_checkpoint
     from guided_diffusion.models import EpsModel, build_model
 
     args = plan.args
     path = resolve_checkpoint(plan.config, exp=args.exp, override=args.ckpt)
     model = build_model(plan.config)
-    load_weights(model, path)
+    try:
+        load_weights(model, path)
+    except CheckpointError as err:
+        advice = None if args.ckpt is not None else download_advice(path)
+        if advice is None:
+            raise
+        raise CheckpointError(f"{err}; delete it and {advice}") from None
     model = model.to(plan.device).eval().requires_grad_(False)
     dtype = getattr(args, "dtype", "auto")
     eps_model = EpsModel(model, plan.config, dtype=None if dtype == "auto" else dtype,

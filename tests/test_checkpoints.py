@@ -116,6 +116,33 @@ def test_bad_downloads_are_rejected_without_leftovers(server, tmp_path, route, m
     assert _files(tmp_path) == []  # no partial or temporary file left behind
 
 
+def test_download_gets_the_usual_file_mode_and_names_itself_in_errors(server, tmp_path):
+    """mkstemp makes a private file; a checkpoint in a shared exp/ must be readable by the group
+    as any other file. A rejected download is named as the download, not its temporary file."""
+    import os
+
+    base, _ = server
+    old = os.umask(0o022)
+    try:
+        path = resolve_checkpoint(TINY, exp=tmp_path / "a", urls=[base + "/good.ckpt"], progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(TINY, exp=tmp_path / "b", urls=[base + "/truncated.ckpt"], progress=False)
+    assert ".tmp" not in str(info.value) and "the downloaded tiny.ckpt" in str(info.value)
+
+
+def test_an_unwritable_destination_is_one_line(server, tmp_path):
+    base, _ = server
+    blocker = tmp_path / "exp"
+    blocker.write_text("a file where the exp folder should be")
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint(TINY, exp=blocker, urls=[base + "/good.ckpt"], progress=False)
+    text = str(info.value)
+    assert "\n" not in text and "cannot write" in text and str(blocker / "logs/tiny/tiny.ckpt") in text
+
+
 def test_falls_back_to_next_url(server, tmp_path):
     base, good = server
     path = resolve_checkpoint(TINY, exp=tmp_path, urls=[base + "/missing", base + "/page.html", base + "/good.ckpt"],
@@ -182,3 +209,18 @@ def test_load_weights_accepts_dataparallel_prefix_and_rejects_pickles(tmp_path):
     torch.save({"conv_in.weight": state["conv_in.weight"], "obj": Path("x")}, bad)
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         validate_checkpoint(bad)
+
+
+def test_a_damaged_known_checkpoint_says_where_to_get_it_again(tmp_path):
+    """A truncated file at a known checkpoint's place is named with its download advice; junk bytes
+    do not pass on torch's suggestion to load with weights_only=False."""
+    from guided_diffusion.checkpoints import download_advice, read_state_dict
+
+    advice = download_advice(tmp_path / "logs/celeba/celeba_hq.ckpt")
+    assert "1wSoA5fm_d6JBZk4RZ1SzWLMgev4WqH21" in advice and str(tmp_path / "logs/celeba/celeba_hq.ckpt") in advice
+    assert download_advice(tmp_path / "weights/my_prior.pt") is None      # nothing to download again
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01cos\nsystem\nq\x02.")
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(junk)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
