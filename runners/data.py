@@ -108,11 +108,22 @@ def _scan(root: Path) -> List[Path]:
 
 
 def _names(paths: Sequence[Path], root: Path) -> List[str]:
-    """File stems when they are unique, else the relative path with '/' as '__'."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [str(p.relative_to(root).with_suffix("")).replace(os.sep, "__") for p in paths]
+    """Output names: file stems when they are unique, else the relative path with '/' as '__',
+    else that with the extension too ('a.png' and 'a.jpg' -> 'a_png', 'a_jpg'). Two images that
+    would still share a name (a file listed twice) are refused: one would overwrite the other."""
+    for name_of in (lambda p: p.stem,
+                    lambda p: str(p.relative_to(root).with_suffix("")).replace(os.sep, "__"),
+                    lambda p: str(p.relative_to(root).with_suffix("")).replace(os.sep, "__") + "_" + p.suffix[1:]):
+        names = [name_of(p) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    first = {}
+    for p, n in zip(paths, names):
+        if n in first:
+            what = f"{p} is listed twice" if first[n] == p else f"{first[n]} and {p} would both be saved as {n}"
+            raise DatasetError(f"{what}; each image must appear once under a name of its own (rename one)")
+        first[n] = p
+    raise AssertionError("unreachable")
 
 
 def reference_shuffle(n: int) -> List[int]:

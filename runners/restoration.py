@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import shlex
 import subprocess
@@ -208,6 +209,15 @@ def _check_output_path(root: Path) -> None:
         raise InputError(f"output path {probe} is a file, not a folder; choose another --exp or -i")
 
 
+def _check_apart(out_root: Path, data_root: Path) -> None:
+    """The output folder may not be the dataset folder, inside it or around it: restored images
+    would overwrite the inputs, or be read back as inputs by the next run."""
+    out_real, data_real = Path(os.path.realpath(out_root)), Path(os.path.realpath(data_root))
+    if out_real == data_real or data_real in out_real.parents or out_real in data_real.parents:
+        raise InputError(f"output folder {out_root} and dataset folder {data_root} overlap (outputs would overwrite "
+                         f"or join the inputs); choose an -i (or --exp) outside the dataset")
+
+
 def _flag_or_config(args, name: str, travel: dict) -> int:
     """--travel_length / --travel_repeat when given, else the config's time_travel value (1: no travel)."""
     value = getattr(args, name, None)
@@ -304,6 +314,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
 
     out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
     _check_output_path(out.root)
+    _check_apart(out.root, data.resolve_root(args.path_y, args.exp))
 
     model_cfg = {k: config.get(k) for k in ("data", "model", "diffusion")}
     settings = {

@@ -560,3 +560,14 @@ def test_builtin_mask_is_announced_and_travel_from_enters_settings_only_with_tra
     assert not any("built-in default mask" in n for n in plan(bare, "--mask", "box:0.25").notes)
     assert "travel_from" not in plan(tiny.exp).settings
     assert plan(tiny.exp, "--travel_length", "1", "--travel_repeat", "2", "--steps", "3").settings["travel_from"] == "x0"
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_an_output_folder_overlapping_the_dataset_is_refused_and_nothing_is_touched(tiny, capsys, tmp_path, where):
+    ds = tmp_path / "ds"
+    _image(ds / "a.png", (32, 32), 3)
+    before = (ds / "a.png").read_bytes()
+    out = {"same": ds, "inside": ds / "out", "around": tmp_path}[where]
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", str(out))
+    assert rc == 2 and "overlap" in _one_line(err)
+    assert sorted(p.name for p in ds.rglob("*")) == ["a.png"] and (ds / "a.png").read_bytes() == before

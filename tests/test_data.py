@@ -96,6 +96,17 @@ def test_recursive_search_and_unique_names(tmp_path):
     assert [it.name for it in data.list_images(tmp_path / "b")] == ["x", "y"]
 
 
+def test_images_that_would_share_an_output_name_get_their_extension_or_are_refused(tmp_path):
+    _write(tmp_path / "ds" / "a.png")
+    _write(tmp_path / "ds" / "a.jpg", seed=1)
+    _write(tmp_path / "ds" / "b.png", seed=2)
+    assert [it.name for it in data.list_images(tmp_path / "ds")] == ["a_jpg", "a_png", "b_png"]
+    listed = tmp_path / "list.txt"
+    listed.write_text("b.png 1\nb.png 2\n")
+    with pytest.raises(data.DatasetError, match="listed twice"):
+        data.list_images(tmp_path / "ds", listed)
+
+
 def test_symlinked_folders_are_followed_once(tmp_path):
     """exp/datasets/NAME/sub -> elsewhere is how datasets are usually put in place; a link back
     up the tree must not loop."""
