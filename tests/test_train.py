@@ -207,3 +207,61 @@ def test_crop_bank_draws_flipped_crops_from_its_pool():
     assert match[:, :10].any(1).any() and match[:, 10:].any(1).any()
     again = bank.sample(64, torch.Generator().manual_seed(5))
     assert torch.equal(batch, again)
+
+
+def test_exported_ema_is_the_normalised_average_of_the_trained_weights(tmp_path):
+    """The EMA starts from zero and is divided by 1 - decay^n on export, so it holds no share of
+    the random init (an EMA from the init keeps decay^n of it: 19% of the demo prior's first
+    weights). Checked against the weights after each step, one resumed run per step."""
+    _images(tmp_path / "data")
+    out, config = tmp_path / "run", _tiny_config(tmp_path, tmp_path / "unused.pt")
+    common = ["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(out), "--batch_size", "2",
+              "--lr", "1e-2", "--ema", "0.9", "--seed", "1"]
+    weights = []
+    for n in (1, 2, 3):
+        assert train_main(common + ["--steps", str(n)]) == 0
+        weights.append(torch.load(out / "train_state.pt", weights_only=True)["model"])
+    ema = torch.load(out / "ema.pt", weights_only=True)
+    names = [n for n in weights[0] if n.endswith(("weight", "bias"))]
+    factors = [0.1 * 0.9 ** 2, 0.1 * 0.9, 0.1]       # (1 - d) d^(n - k) for steps k = 1, 2, 3
+    for name in names:
+        expected = sum(f * w[name].double() for f, w in zip(factors, weights)) / (1 - 0.9 ** 3)
+        assert torch.allclose(ema[name].double(), expected, rtol=2e-3, atol=2e-4), name   # fp16 export
+    one = tmp_path / "one"
+    assert train_main(common[:4] + ["--out", str(one)] + common[6:] + ["--steps", "1", "--ema", "0.999"]) == 0
+    after_one = torch.load(one / "train_state.pt", weights_only=True)["model"]
+    exported = torch.load(one / "ema.pt", weights_only=True)
+    assert all(torch.allclose(exported[n].float(), after_one[n].float(), rtol=2e-3, atol=2e-4) for n in names)
+
+
+def test_resume_applies_new_optimiser_flags_and_keeps_the_global_generator(tmp_path):
+    """A resumed run uses this run's --lr / --weight_decay, and dropout (the global generator)
+    continues where it stopped, so 2 + 2 steps equal 4 steps."""
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "unused.pt")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["dropout"] = 0.2
+    config.write_text(yaml.safe_dump(cfg))
+
+    def run(out, steps, *extra):
+        assert train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(out),
+                           "--batch_size", "2", "--seed", "2", "--steps", str(steps), *extra]) == 0
+        return torch.load(out / "train_state.pt", weights_only=True)
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4)
+    assert resumed["losses"] == straight["losses"]
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+    changed = run(tmp_path / "b", 5, "--lr", "3e-3", "--weight_decay", "0.25")
+    assert [(g["lr"], g["weight_decay"]) for g in changed["opt"]["param_groups"]] == [(3e-3, 0.25)]
+
+
+def test_sixteen_bit_training_images_keep_their_range(tmp_path):
+    from runners.train import load_folder
+
+    folder = tmp_path / "grey16"
+    folder.mkdir()
+    Image.fromarray(np.linspace(0, 30000, 1024).reshape(32, 32).astype(np.uint16)).save(folder / "g.png")
+    _, images = load_folder(folder)
+    assert abs(float(images[0].max()) - 30000 / 65535) < 0.01 and float(images[0].mean()) < 0.3
