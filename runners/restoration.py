@@ -554,8 +554,17 @@ def execute(plan: Plan) -> Optional[Dict]:
     state, done = None, {}
     if ctx.is_main:
         done = {} if args.overwrite else {r["name"]: r for r in _finished_records(out, plan.fingerprint)}
-        state = ([it.name for it in plan.items if it.name not in done], [r.get("psnr") for r in done.values()])
-    pending_names, earlier_psnr = ctx.broadcast(state)
+        moved = [(it, done[it.name]) for it in plan.items if it.name in done and done[it.name].get("index") != it.index]
+        error = None
+        if moved:   # an image's seed is its index: a record made at another index is not this run's image
+            it, rec = moved[0]
+            error = (f"the dataset changed since {out.root} was made: {it.name} was image {rec.get('index')} and is "
+                     f"now image {it.index} ({len(moved)} image(s) moved); restore it into another -i, or add "
+                     f"--overwrite to start this folder afresh")
+        state = ([it.name for it in plan.items if it.name not in done], [r.get("psnr") for r in done.values()], error)
+    pending_names, earlier_psnr, error = ctx.broadcast(state)
+    if error:   # on every rank, so that none waits for the others
+        raise InputError(error)
     by_name = {it.name: it for it in plan.items}
     pending = [by_name[name] for name in pending_names]
     mine = ctx.shard(pending)

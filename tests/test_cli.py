@@ -571,3 +571,21 @@ def test_an_output_folder_overlapping_the_dataset_is_refused_and_nothing_is_touc
     rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", str(out))
     assert rc == 2 and "overlap" in _one_line(err)
     assert sorted(p.name for p in ds.rglob("*")) == ["a.png"] and (ds / "a.png").read_bytes() == before
+
+
+def test_a_dataset_that_changed_between_run_and_resume_is_refused(tiny, capsys, tmp_path):
+    """Image i's seed is its index: a file added in front of a finished one moves it, and resuming
+    would mix records made at the old indices with new ones."""
+    ds = tmp_path / "grow"
+    _image(ds / "b.png", (32, 32), 4)
+    _image(ds / "c.png", (32, 32), 5)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "grow", "--subset_end", "1")
+    assert rc == 0, err
+    first = [r["name"] for r in results(tiny, "grow")["images"]]
+    _image(ds / "a.png", (32, 32), 6)          # a third file: the (CelebA, shuffled) order moves the first one
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "grow")
+    assert rc == 2 and "dataset changed" in _one_line(err) and f"{first[0]} was image 0 and is now image" in err
+    assert [r["name"] for r in results(tiny, "grow")["images"]] == first       # nothing new was written
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "grow", "--overwrite")
+    assert rc == 0, err
+    assert sorted(r["index"] for r in results(tiny, "grow")["images"]) == [0, 1, 2]
