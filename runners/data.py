@@ -239,11 +239,21 @@ def load_image(item: ImageItem, size: int, mode: str) -> torch.Tensor:
 
 
 def verify_images(items: Sequence[ImageItem]) -> None:
-    """Fail early, naming the file, on images PIL cannot identify."""
+    """Fail early, naming the file, on images that cannot be read whole or have no agreed range.
+
+    PNGs are checked by PIL's verify() (every chunk's CRC, truncation included) without
+    decoding; other formats are decoded, since a truncated JPEG passes verify()."""
     for item in items:
         try:
             with Image.open(item.path) as img:
-                img.verify()
+                if img.mode == "F":
+                    _to_rgb(img)   # refuses floating-point pixels, naming the file
+                if img.format == "PNG":
+                    img.verify()
+                else:
+                    img.load()
+        except DatasetError:
+            raise
         except Exception as exc:
             raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 

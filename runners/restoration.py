@@ -52,6 +52,7 @@ from runners.results import (OutputFolder, non_finite, atomic_write_json, compar
 
 LOG = logging.getLogger("equs")
 GRID_ROWS = 8
+MAX_SEED = (2 ** 63 - 2 ** 32) // 100003   # seed * 100003 + index stays a valid 64-bit generator seed
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 SAMPLE_FOLDER = "image_samples"
 
@@ -122,8 +123,10 @@ def _check_flags(args) -> None:
         raise InputError(f"--batch_size must be >= 1 (got {args.batch_size})")
     if args.timesteps is not None and args.steps is not None and args.timesteps != args.steps:
         raise InputError(f"--timesteps {args.timesteps} and --steps {args.steps} disagree; give one")
-    if args.deg_scale is not None and args.deg_scale != args.deg_scale:
-        raise InputError("--deg_scale must be a number (got nan)")
+    if args.deg_scale is not None and not math.isfinite(args.deg_scale):
+        raise InputError(f"--deg_scale must be a finite number (got {args.deg_scale})")
+    if args.seed > MAX_SEED:   # image i's seed, seed * 100003 + i, must fit a 64-bit generator seed
+        raise InputError(f"--seed must be at most {MAX_SEED} (got {args.seed})")
 
 
 def _draws_transforms(equs: Optional[str], transform: str) -> bool:

@@ -334,6 +334,8 @@ BAD = {
     "mask missing": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/none.npy"], "none.npy"),
     "bad device": (["--path_y", "faces", "--deg", "denoising", "--device", "tpu9"], "tpu9"),
     "nan sigma_y": (["--path_y", "faces", "--deg", "sr_averagepooling", "--sigma_y", "nan"], "--sigma_y"),
+    "infinite deg_scale": (["--path_y", "faces", "--deg", "sr_bicubic", "--deg_scale", "inf"], "--deg_scale"),
+    "seed too large": (["--path_y", "faces", "--deg", "denoising", "--seed", "99999999999999999"], "--seed"),
     "image named grid": (["--path_y", "gridded", "--deg", "denoising"], "comparison grid"),
     "broken YAML": (["--config", "{root}/broken.yml", "--path_y", "faces", "--deg", "denoising"], "not valid YAML"),
 }

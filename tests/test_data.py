@@ -167,6 +167,20 @@ def test_corrupt_image_is_named(tmp_path):
         data.load_batch(items, 16, "resize_square")
 
 
+@pytest.mark.parametrize("ext", ["jpg", "png", "tif"])
+def test_truncated_and_float_images_are_refused_before_the_run(tmp_path, ext):
+    """A half-copied JPEG passes PIL's verify(); it must fail while planning, not mid-run."""
+    _write(tmp_path / "ds" / "good.png")
+    whole = tmp_path / f"whole.{ext}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+    (tmp_path / "ds" / f"half.{ext}").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(data.DatasetError, match=f"half.{ext}"):
+        data.verify_images(data.list_images(tmp_path / "ds"))
+    Image.fromarray(np.zeros((8, 8), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(data.DatasetError, match="floating-point"):
+        data.verify_images([data.ImageItem(0, "float", tmp_path / "float.tif", -1)])
+
+
 def test_demo_sets_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     """The demo's images are written into a hidden folder that is renamed into place: an
     interrupted first use leaves nothing behind, and a later one writes the whole set."""
