@@ -17,7 +17,8 @@
 #           sr_bicubic --rows DDNM DDNM-EquS+" bash benchmarks/gpu_session.sh $OUT 7.5   (about 8.5 minutes)
 #           (a longer, cosine-annealed demo prior, then the two tasks of issue 6's classical-row test)
 #   call 2: PHASES="ablation speed" AB_ARGS="--steps 100 --seeds 0 1" bash benchmarks/gpu_session.sh $OUT
-#           with weights/demo_ema.pt from call 1 committed or carried (the full ablation, then issue 7's grid)
+#           after copying call 1's $OUT/demo_ema.pt over weights/demo_ema.pt here (the script itself never
+#           writes weights/); the full ablation, then issue 7's grid
 OUT=${1:-${OUT:-exp/gpu_session}}
 MINUTES=${2:-3.6}
 DEVICE=${DEVICE:-cuda}
@@ -80,8 +81,9 @@ if [ "$TRAIN_RC" -ne 0 ]; then
   echo "== ablation skipped: training failed (rc=$TRAIN_RC); see $OUT/train.log" >>"$LOG"
 else
   echo "== ablation (at most $AB_TIMEOUT s)" >>"$LOG"
-  [ -f "$OUT/demo_ema.pt" ] && cp "$OUT/demo_ema.pt" weights/demo_ema.pt
-  timeout "$AB_TIMEOUT" python3 -m runners.ablation --device "$DEVICE" $AB_ARGS --out "$OUT/ablation" >>"$LOG" 2>&1
+  # the new prior by --ckpt: the committed weights/demo_ema.pt is never overwritten by a session
+  CKPT=""; [ -f "$OUT/demo_ema.pt" ] && CKPT="--ckpt $OUT/demo_ema.pt"
+  timeout "$AB_TIMEOUT" python3 -m runners.ablation --device "$DEVICE" $AB_ARGS $CKPT --out "$OUT/ablation" >>"$LOG" 2>&1
   echo "ablation rc=$?" >>"$LOG"
 fi
 fi

@@ -13,7 +13,6 @@ their per-seed samples (an estimate of the posterior mean, which PSNR favours). 
 of the per-seed means over images: PSNR / SSIM / consistency / seconds per image),
 `ablation.json` and `ablation_grid.png`.
 """
-import argparse
 import json
 import os
 import sys
@@ -206,8 +205,25 @@ def write_outputs(results, grid_tiles, args, names, quiet=False):
         print("\n".join(lines))
 
 
+def check_args(args) -> None:
+    """Refuse impossible values in one line before the model, the images or a classical row runs."""
+    if not 1 <= args.steps <= 1000:
+        raise ValueError(f"--steps {args.steps}: must be in [1, 1000]")
+    if not 0 <= args.eta <= 1:
+        raise ValueError(f"--eta {args.eta}: must be in [0, 1]")
+    for name in ("travel_length", "travel_repeat"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} {getattr(args, name)}: must be >= 1 (1 means no time travel)")
+    if args.ckpt is not None and not Path(args.ckpt).is_file():
+        raise ValueError(f"--ckpt {args.ckpt}: no such file")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from guided_diffusion.checkpoints import CheckpointError
+    from runners.cli import OneLineParser
+    from runners.errors import InputError
+
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="demo.yml", help="model config (a file in configs/ or a path)")
     p.add_argument("--path_y", default="demo", help="held-out images: folder <exp>/datasets/NAME, or a path")
     p.add_argument("--exp", default="exp", help="root for datasets/ and checkpoints")
@@ -231,7 +247,12 @@ def main(argv=None):
                    help="what a jump back re-noises: x0 (the official DDNM's) or the projected x0_hat")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args(argv)
-    run(args, write=lambda results, tiles, names: write_outputs(results, tiles, args, names, quiet=True))
+    try:
+        check_args(args)
+        run(args, write=lambda results, tiles, names: write_outputs(results, tiles, args, names, quiet=True))
+    except (ValueError, InputError, CheckpointError, OSError) as e:   # DatasetError is an InputError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 

@@ -214,6 +214,16 @@ def check_flags(args) -> None:
         raise ValueError(f"--minutes {args.minutes}: must be >= 0 (0 stops after one step)")
     if args.lr_decay != "none" and not 0 <= args.lr_final <= 1:
         raise ValueError(f"--lr_final {args.lr_final}: must be in [0, 1]")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be at least 1")
+    for flag, folder in (("--out", Path(args.out)), ("--export", Path(args.export).parent if args.export else None)):
+        if folder is None:
+            continue
+        probe = folder   # the folder, or its first existing ancestor, must be a folder (found now, not at the first save)
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"{flag} {folder}: {probe} is a file, not a folder; choose another path")
 
 
 def train(args) -> dict:
@@ -349,7 +359,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:   # OSError: a full disk, no permission (FileNotFoundError is one)
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

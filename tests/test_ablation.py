@@ -55,3 +55,20 @@ def test_consistent_bicubic_upsamples_y_and_matches_it():
     up = torch.nn.functional.interpolate(op._small_image(y), size=(size, size), mode="bicubic", align_corners=False)
     assert (op.A(up) - y).abs().max() > 1e-3                 # plain bicubic is not consistent ...
     assert (base - x).pow(2).mean() < (up - x).pow(2).mean()  # ... and the correction brings it closer
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "0"], "--steps 0"),
+    (["--eta", "-1"], "--eta -1"),
+    (["--travel_length", "0"], "--travel_length 0"),
+    (["--ckpt", "no/such.pt"], "--ckpt no/such.pt"),
+    (["--path_y", "no_such_set"], "no_such_set"),
+])
+def test_bad_ablation_flags_are_one_line_before_anything_runs(tmp_path, capsys, flags, message):
+    from runners.ablation import main
+
+    rc = main(["--out", str(tmp_path / "out"), "--exp", str(tmp_path / "exp"), "--tasks", "sr_bicubic",
+               "--rows", "DDNM", "--seeds", "0", *flags])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists()

@@ -134,10 +134,13 @@ def test_learning_rate_warms_up_then_anneals_to_its_final_share():
 
 
 @pytest.mark.parametrize("flag,value", [("--save_every", "0"), ("--batch_size", "0"), ("--steps", "0"),
-                                        ("--lr", "-0.0001"), ("--ema", "1.5"), ("--crop_bank", "-1")])
+                                        ("--lr", "-0.0001"), ("--ema", "1.5"), ("--crop_bank", "-1"),
+                                        ("--threads", "-1"), ("--export", "FILE/ema.pt")])
 def test_bad_training_flags_are_one_line_before_anything_is_written(tmp_path, capsys, flag, value):
     _images(tmp_path / "data")
     config = _tiny_config(tmp_path, tmp_path / "x.pt")
+    (tmp_path / "FILE").write_text("a file where a folder should be")
+    value = value.replace("FILE", str(tmp_path / "FILE"))
     code = train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
                        flag, value])
     err = capsys.readouterr().err.strip().splitlines()
