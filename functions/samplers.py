@@ -213,6 +213,13 @@ class SampleResult:
     schedule: List[Step] = field(repr=False)
 
 
+def schedule_for(cfg: SamplerConfig, num_timesteps: int = 1000) -> List[Step]:
+    """The run's steps: DDRM's uniform schedule is its own range(0, T, T // steps), which differs
+    from DDNM's when steps does not divide T (functions/schedules.ddrm_timesteps)."""
+    kind = "uniform_ddrm" if cfg.sampler == "ddrm" and cfg.schedule == "uniform" else cfg.schedule
+    return build_schedule(cfg.steps, kind, num_timesteps, cfg.travel_length, cfg.travel_repeat)
+
+
 def make_rule(cfg: SamplerConfig, op, y):
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler '{cfg.sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}")
@@ -244,7 +251,7 @@ def restore(eps_model, op, y: torch.Tensor, betas: torch.Tensor, cfg: SamplerCon
         shape = (B, op.channels, op.image_size, op.image_size)
         x_T = noise.randn_like(torch.empty(shape, device=device, dtype=y.dtype))
     levels = NoiseLevels(betas, device=device)
-    schedule = build_schedule(cfg.steps, cfg.schedule, levels.num_timesteps, cfg.travel_length, cfg.travel_repeat)
+    schedule = schedule_for(cfg, levels.num_timesteps)
     denoiser = make_denoiser(eps_model, cfg.equs, cfg.transform, cfg.eps_mapping, cfg.transform_seed)
     rule = make_rule(cfg, op, y)
     x = sample(denoiser, rule, x_T, schedule, levels, noise, callback, clip_x0=cfg.clip_x0,

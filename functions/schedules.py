@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 
 SCHEDULES = ("uniform", "tas", "tas_dedup")
+TABLES = SCHEDULES + ("uniform_ddrm",)   # uniform_ddrm: what --sampler ddrm's uniform schedule runs
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ def uniform_timesteps(steps: int, num_timesteps: int = 1000) -> List[int]:
     return [u * skip for u in range(steps)]
 
 
+def ddrm_timesteps(steps: int, num_timesteps: int = 1000) -> List[int]:
+    """DDRM's own uniform list, range(0, T, T // steps): ceil(T / skip) steps, so a step count
+    that does not divide T gives more steps than asked and starts nearer T (30 -> 31 steps
+    from t = 990) than DDNM's u * skip for u < steps (30 steps from t = 957)."""
+    return list(range(0, num_timesteps, num_timesteps // steps))
+
+
 def tas_timesteps(steps: int, num_timesteps: int = 1000) -> List[int]:
     """EquS+'s timestep-aware schedule, as unit u = 0..steps-1 -> timestep.
 
@@ -75,12 +83,15 @@ def build_schedule(steps: int, kind: str = "uniform", num_timesteps: int = 1000,
     the NFE matches the paper's), 'tas_dedup' (the same timesteps with the repeated
     t = 0 steps removed, saving their NFEs).
     """
-    if kind not in SCHEDULES:
+    if kind not in TABLES:
         raise ValueError(f"schedule '{kind}' is unknown; choose one of: {', '.join(SCHEDULES)}")
     if steps < 1 or steps > num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
     if kind == "uniform":
         table = uniform_timesteps(steps, num_timesteps)
+    elif kind == "uniform_ddrm":
+        table = ddrm_timesteps(steps, num_timesteps)
+        steps = len(table)
     else:
         table = tas_timesteps(steps, num_timesteps)
         if kind == "tas_dedup":

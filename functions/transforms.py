@@ -5,7 +5,7 @@ Each transform is a small object with `__call__` (T) and `inverse` (T^-1) acting
 so T^-1 = T^T. `get_transform("hflip")` and `get_transforms("d4")` turn names from
 the command line into objects.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -145,3 +145,16 @@ def get_transforms(spec: str) -> List[Transform]:
     if not names:
         raise ValueError("empty transform set; give a group (d4, flips, rotations, random) or names like 'identity,hflip'")
     return [get_transform(n) for n in names]
+
+
+def first_missing_composition(transforms: Sequence[Transform], size: int) -> Optional[Tuple[str, str]]:
+    """(a, b) whose composition a(b(.)) is not in the set on size x size images, or None when the
+    set is closed (a group): only then is the average over it an equivariant denoiser."""
+    probe = torch.arange(size * size, dtype=torch.float64).reshape(1, 1, size, size)
+    images = [T(probe) for T in transforms]
+    for a in transforms:
+        for b in transforms:
+            ab = a(b(probe))
+            if not any(torch.equal(ab, img) for img in images):
+                return a.name, b.name
+    return None

@@ -255,12 +255,12 @@ def _sampler_config(args, config):
     # build the schedule and the denoiser wrapper once now, so a bad value fails before anything is written
     from functions.diffusion import make_betas
     from functions.equivariance import make_denoiser
-    from functions.schedules import build_schedule
+    from functions.samplers import schedule_for
 
     num_timesteps = make_betas(config.get("diffusion", {})).numel()
     if cfg.steps > num_timesteps:
         raise InputError(f"--steps {cfg.steps} exceeds the {num_timesteps} diffusion timesteps of the config")
-    build_schedule(cfg.steps, cfg.schedule, num_timesteps, cfg.travel_length, cfg.travel_repeat)
+    schedule_for(cfg, num_timesteps)
     make_denoiser(lambda x, t: x, cfg.equs, cfg.transform, cfg.eps_mapping)
     return cfg
 
@@ -268,10 +268,10 @@ def _sampler_config(args, config):
 def _travels(cfg, config) -> bool:
     """Whether the run's schedule has time-travel steps (jumps back up)."""
     from functions.diffusion import make_betas
-    from functions.schedules import build_schedule
+    from functions.samplers import schedule_for
 
     num_timesteps = make_betas(config.get("diffusion", {})).numel()
-    schedule = build_schedule(cfg.steps, cfg.schedule, num_timesteps, cfg.travel_length, cfg.travel_repeat)
+    schedule = schedule_for(cfg, num_timesteps)
     return any(not step.is_reverse for step in schedule)
 
 
@@ -347,6 +347,16 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))
     notes = []
+    if sampler_cfg.equs == "average":
+        from functions.equivariance import make_denoiser
+        from functions.transforms import first_missing_composition
+
+        group = make_denoiser(lambda x, t: x, "average", sampler_cfg.transform).transforms
+        missing = first_missing_composition(group, image_size)
+        if missing:
+            notes.append(f"note: the average over {{{', '.join(T.name for T in group)}}} is not over a group "
+                         f"({missing[0]} after {missing[1]} is not in it), so the averaged denoiser is not "
+                         f"equivariant; a closed set such as --transform flips, rotations or d4 is")
     if args.deg == "inpainting" and mask is None:
         notes.append(f"note: no --mask and no {Path(args.exp) / 'inp_masks' / 'mask.npy'} (where the reference reads "
                      f"its mask): inpainting uses the built-in default mask (functions/masks.py)")

@@ -591,3 +591,13 @@ def test_a_dataset_that_changed_between_run_and_resume_is_refused(tiny, capsys, 
     rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "grow", "--overwrite")
     assert rc == 0, err
     assert sorted(r["index"] for r in results(tiny, "grow")["images"]) == [0, 1, 2]
+
+
+def test_an_average_over_a_set_that_is_not_a_group_is_announced(tiny):
+    def notes(*extra):
+        argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--path_y", "faces", "--deg", "denoising",
+                "-i", "avg", *FAST, "--equs_mode", "average", *extra]
+        return restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").notes
+
+    assert any("not over a group" in n and "rot90 after rot90" in n for n in notes("--transform", "rot90"))
+    assert not any("not over a group" in n for n in notes("--transform", "d4"))

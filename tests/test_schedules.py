@@ -39,3 +39,20 @@ def test_bad_schedule_arguments():
         build_schedule(10, "cosine")
     with pytest.raises(ValueError, match="steps must be in"):
         build_schedule(0)
+
+
+def test_ddrm_uniform_schedule_is_ddrms_own_range():
+    """DDRM samples range(0, T, T // steps) (runners/diffusion.py of bahjat-kawar/ddrm); DDNM samples
+    u * (T // steps) for u < steps. They agree when steps divides T and differ otherwise."""
+    from functions.samplers import SamplerConfig, schedule_for
+    from functions.schedules import timesteps_of
+
+    for steps in (7, 20, 30, 100, 300):
+        ddrm = timesteps_of(schedule_for(SamplerConfig(sampler="ddrm", steps=steps)))
+        assert ddrm == list(range(0, 1000, 1000 // steps))[::-1] + [-1]
+        ddnm = timesteps_of(schedule_for(SamplerConfig(sampler="ddnm", steps=steps)))
+        assert ddnm == [u * (1000 // steps) for u in range(steps)][::-1] + [-1]
+        assert (ddrm == ddnm) == (1000 % steps == 0)
+    assert len(schedule_for(SamplerConfig(sampler="ddrm", steps=30))) == 31
+    tas = SamplerConfig(sampler="ddrm", steps=30, schedule="tas")
+    assert schedule_for(tas) == schedule_for(SamplerConfig(sampler="ddnm", steps=30, schedule="tas"))

@@ -53,3 +53,19 @@ def test_a_shift_with_two_offsets_is_one_member_of_a_set():
     assert [T.name for T in get_transforms(",".join(T.name for T in group))] == [T.name for T in group]
     x = torch.arange(2 * 16 * 16.0).reshape(1, 2, 16, 16)
     assert torch.equal(group[1](x), torch.roll(x, shifts=(8, 16), dims=(-2, -1)))
+
+
+def test_closure_of_transform_sets():
+    """Only a closed set (a group) makes the average an equivariant denoiser."""
+    from functions.equivariance import make_denoiser
+    from functions.transforms import first_missing_composition
+
+    def group(spec):
+        return make_denoiser(lambda x, t: x, "average", spec).transforms
+
+    for spec in ("hflip", "flips", "rotations", "d4", "rot180", "vflip"):
+        assert first_missing_composition(group(spec), 16) is None, spec
+    assert first_missing_composition(group("rot90"), 16) == ("rot90", "rot90")     # {id, rot90}: rot180 missing
+    assert first_missing_composition(group("hflip,vflip"), 16) is not None        # rot180 missing
+    assert first_missing_composition(group("shift8"), 16) is None                    # 8 + 8 = 16 = 0
+    assert first_missing_composition(group("shift8"), 32) is not None
