@@ -268,3 +268,23 @@ def test_sixteen_bit_training_images_keep_their_range(tmp_path):
     Image.fromarray(np.linspace(0, 30000, 1024).reshape(32, 32).astype(np.uint16)).save(folder / "g.png")
     _, images = load_folder(folder)
     assert abs(float(images[0].max()) - 30000 / 65535) < 0.01 and float(images[0].mean()) < 0.3
+
+
+def test_ema_from_init_keeps_the_reference_ema_and_is_not_resumed_as_the_other(tmp_path, capsys):
+    """--ema_from init is DDPM's EMA (from the initial weights, undivided): after one step at 0.999
+    it is still 99.9% the init. A state made one way is not resumed the other way."""
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "unused.pt")
+    common = ["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+              "--batch_size", "2", "--lr", "1e-2", "--seed", "4", "--ema", "0.999", "--ema_from", "init"]
+    assert train_main(common + ["--steps", "1"]) == 0
+    torch.manual_seed(4)
+    init = build_model(load_config(config)).state_dict()
+    trained = torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)["model"]
+    exported = torch.load(tmp_path / "o" / "ema.pt", weights_only=True)
+    for name in (n for n in init if n.endswith("weight")):
+        expected = 0.999 * init[name] + 0.001 * trained[name]
+        assert torch.allclose(exported[name].float(), expected, rtol=2e-3, atol=2e-4), name
+    capsys.readouterr()
+    assert train_main(common[:-2] + ["--steps", "2"]) == 2          # the default, zero, on an init state
+    assert "--ema_from init" in capsys.readouterr().err
