@@ -10,7 +10,9 @@
 # then benchmarks/sampler_overhead.py on the GPU). AB_TIMEOUT (default 240 s) bounds the
 # ablation; it writes its tables after every task, so a cut-off run keeps the tasks it finished.
 # Training starts afresh in a new temporary folder on every call; when it fails, the ablation
-# is skipped rather than run on the committed weights.
+# is skipped rather than run on the committed weights. It exports runners.train's default EMA
+# (started from zero, bias-corrected); the committed prior's was started from the init
+# (--ema_from init: README, "The demo prior"), whose share fades as 0.999^steps (2.7% at 3600).
 #
 # The next session's plan (15 device-minutes; one call runs at most 10 minutes; carry exp/datasets):
 #   call 1: STEPS=3600 PHASES="train ablation" AB_TIMEOUT=60 AB_ARGS="--steps 100 --seeds 0 1 --tasks inpainting

@@ -331,6 +331,13 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         # sigma_y stays in CLI units; travel_from only where a step travels (below)
         **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from")},
     }
+    from functions.diffusion import make_betas
+
+    if sampler_cfg.sampler == "ddrm" and sampler_cfg.schedule == "uniform" \
+            and make_betas(config.get("diffusion", {})).numel() % sampler_cfg.steps:
+        # DDRM's own range(0, T, T // steps) since 2026-11-27 (before: DDNM's list, another schedule
+        # for these step counts); folders made before have no such entry, so they are not resumed into
+        settings["ddrm_schedule"] = "range"
     if _travels(sampler_cfg, config):
         # time travel re-noises the raw x0 (the official DDNM's) since 2026-11-27, x0_hat before; folders
         # made before have no such entry, so they are not resumed into

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 DATASETS = {"CelebA_HQ": "CelebA-HQ", "ImageNet": "ImageNet"}
 TASKS = ("deblur (gauss)", "CS 25% (block)", "inpainting", "SR 4x bicubic", "colorization Cons/FID/LPIPS")
 METHODS = ("A^+ y", "DDRM", "DDRM-EquS+", "DDNM", "DDNM-EquS+")
+REFERENCE_APY_TASKS = ("deblur (gauss)", "inpainting")   # where the reference's saved Apy is not A^+ y
 
 # EquS paper (arXiv 2511.09965, WACV 2026), Table 1: PSNR / SSIM / LPIPS, colorization Cons / FID / LPIPS.
 # Only the rows this project can run are kept; tests check them against ../shared/paper/table1.md.
@@ -105,8 +106,9 @@ def method_of(settings: Dict) -> str:
         extras.append(f"etaB {settings['etaB']}")
     length, repeat = int(settings.get("travel_length", 1) or 1), int(settings.get("travel_repeat", 1) or 1)
     if length > 1 or repeat > 1:
+        # runs made before travel_from was recorded re-noised x0_hat
         extras.append(f"time travel {length}x{repeat}"
-                      + (" from x0_hat" if settings.get("travel_from") == "x0_hat" else ""))
+                      + (" from x0_hat" if settings.get("travel_from", "x0_hat") == "x0_hat" else ""))
     if settings.get("clip_x0"):
         extras.append("clip_x0")
     if settings.get("deg") == "inpainting":
@@ -178,12 +180,15 @@ def table1(dataset: str, runs: List[Dict]) -> List[str]:
             color = j == len(TASKS) - 1
             here = [r for r in mine if r["task"] == task]
             if method == "A^+ y":
-                found = [r for r in here if r["method"] == "DDNM"] or here
+                # runs of Table 1's settings only (method_of marks the others, e.g. another mask)
+                found = [r for r in here if r["method"] == "DDNM"] or [r for r in here if r["method"] in METHODS]
                 summary = _best(found)["summary"] if found else {}
                 # the paper's row scores the image the reference saves as Apy (deblur: y itself;
                 # inpainting: black holes), recorded as baseline_reference where it is not A^+ y
                 baseline = summary.get("baseline_reference") or summary.get("baseline", {})
                 measured = triple(baseline, color) if found else "–"
+                if found and task in REFERENCE_APY_TASKS and "baseline_reference" not in summary:
+                    measured += " [A^+ y: a run from before the reference's Apy was recorded]"
             else:
                 found = [r for r in here if r["method"] == method]
                 measured = triple(_best(found)["summary"], color) if found else "–"

@@ -174,10 +174,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--weight_decay", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=None, help="EMA decay (default: the config's model.ema_rate)")
-    p.add_argument("--ema_from", choices=("zero", "init"), default="zero",
-                   help="zero: the EMA starts from zero and is divided by 1 - decay^n on export (no share of the "
-                        "random init); init: it starts from the initial weights, undivided (DDPM's and "
-                        "guided-diffusion's EMA, and this project's before 2026-11-27)")
+    p.add_argument("--ema_from", choices=("zero", "init"), default=None,
+                   help="zero (default for a new run): the EMA starts from zero and is divided by 1 - decay^n on "
+                        "export (no share of the random init); init: it starts from the initial weights, undivided "
+                        "(DDPM's and guided-diffusion's EMA, and this project's before 2026-11-27); a resumed run "
+                        "keeps its state's kind")
     p.add_argument("--min_scale", type=float, default=0.2, help="smallest crop rescaling factor")
     p.add_argument("--rot90", action="store_true", help="also augment with 90-degree rotations")
     p.add_argument("--seed", type=int, default=0)
@@ -243,8 +244,17 @@ def train(args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     ema_names = [name for name, _ in ema.named_parameters()]
+    out = Path(args.out)
+    state_path = out / "train_state.pt"
+    # a resumed run keeps the kind of EMA its state holds (states from before --ema_from: init)
+    ema_from = args.ema_from or "zero"
+    if state_path.exists() and args.ema_from is None:
+        try:
+            ema_from = torch.load(state_path, map_location="cpu", weights_only=True).get("ema_from", "init")
+        except Exception:  # noqa: BLE001 - an unreadable state is reported where it is loaded below
+            pass
     ema_norm = 1.0   # the EMA's accumulated weight: 1 for an EMA that starts from the initial weights
-    if args.ema_from == "zero":
+    if ema_from == "zero":
         with torch.no_grad():
             for p in ema.parameters():   # an EMA from zero, divided by its weight on export (see the docstring)
                 p.zero_()
@@ -272,14 +282,14 @@ def train(args) -> dict:
             step, losses = int(state["step"]), list(state["losses"])
             # states written before the EMA could start from zero hold an EMA of weight 1 (init included)
             ema_norm = float(state.get("ema_norm", 1.0))
-            ema_from = state.get("ema_from", "init")
+            saved_from = state.get("ema_from", "init")
         except Exception as e:  # a truncated file, another model's state, a file of another kind
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{state_path} cannot be resumed with --config {args.config} ({type(e).__name__}: "
                              f"{first[:200]}); use another --out or remove that file") from None
-        if ema_from != args.ema_from:
-            raise ValueError(f"--ema_from {args.ema_from}: {state_path} keeps an EMA started from {ema_from}; resume "
-                             f"with --ema_from {ema_from}, or start a new --out")
+        if saved_from != ema_from:
+            raise ValueError(f"--ema_from {ema_from}: {state_path} keeps an EMA started from {saved_from}; resume "
+                             f"with --ema_from {saved_from} (or without the flag), or start a new --out")
         schedule = state.get("lr_schedule", "none")
         if args.lr_decay != "none" or schedule != "none":
             if schedule != f"{args.lr_decay} over {args.steps}":
@@ -307,7 +317,7 @@ def train(args) -> dict:
 
     def save():
         save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "ema_norm": ema_norm,
-                     "ema_from": args.ema_from,
+                     "ema_from": ema_from,
                      "opt": opt.state_dict(), "step": step, "losses": losses, "crop_rng": crops.g.get_state(),
                      "noise_rng": g_noise.get_state().cpu(), "torch_rng": torch.get_rng_state(),
                      **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),

@@ -601,3 +601,14 @@ def test_an_average_over_a_set_that_is_not_a_group_is_announced(tiny):
 
     assert any("not over a group" in n and "rot90 after rot90" in n for n in notes("--transform", "rot90"))
     assert not any("not over a group" in n for n in notes("--transform", "d4"))
+
+
+def test_ddrm_schedule_enters_the_settings_only_where_it_changed(tiny):
+    """DDRM's own step list differs from the old (DDNM's) one only when steps does not divide T:
+    only those folders must be refused on resume."""
+    def settings(steps):
+        argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--path_y", "faces", "--deg", "denoising",
+                "-i", "ddrm", *FAST, "--sampler", "ddrm", "--steps", str(steps)]
+        return restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").settings
+
+    assert settings(30)["ddrm_schedule"] == "range" and "ddrm_schedule" not in settings(20)

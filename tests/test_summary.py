@@ -68,9 +68,11 @@ def test_methods_and_tasks_from_settings():
     assert summary.method_of(_settings(equs="average", transform="d4", steps=20)) == "DDNM-EquS(avg) [d4, 20 steps]"
     # settings that change the numbers keep a run out of the official cells
     assert summary.method_of(_settings(clip_x0=True)) == "DDNM [clip_x0]"
-    assert summary.method_of(_settings(travel_length=10, travel_repeat=3)) == "DDNM [time travel 10x3]"
+    assert summary.method_of(_settings(travel_length=10, travel_repeat=3, travel_from="x0")) == "DDNM [time travel 10x3]"
     assert (summary.method_of(_settings(travel_length=10, travel_repeat=3, travel_from="x0_hat"))
             == "DDNM [time travel 10x3 from x0_hat]")
+    # folders from before travel_from was recorded re-noised x0_hat
+    assert summary.method_of(_settings(travel_length=10, travel_repeat=3)) == "DDNM [time travel 10x3 from x0_hat]"
     assert summary.method_of(_settings(sampler="ddrm", etaB=0.5)) == "DDRM [etaB 0.5]"
     assert summary.method_of(_settings(equs="average", transform="flips", schedule="tas")) == "DDNM-EquS(avg) [tas, flips]"
     assert summary.method_of(_settings(config="imagenet_256_cond.yml")) == "DDNM [imagenet_256_cond.yml]"
@@ -105,7 +107,8 @@ def test_render_places_runs_and_paper_numbers(tmp_path):
     plus = next(l for l in inet.splitlines() if l.startswith("| DDNM-EquS+ |"))
     assert "46.50 / 0.990 / 0.007 (paper 46.99 / 0.993 / 0.006)" in plus
     apy = next(l for l in inet.splitlines() if l.startswith("| A^+ y |"))
-    assert "1.00 / 0.100 / 0.900 (paper 18.57 / 0.586 / 0.376)" in apy
+    # a deblurring run without the reference's Apy baseline (made before it was recorded) says so
+    assert "1.00 / 0.100 / 0.900 [A^+ y: a run from before the reference's Apy was recorded] (paper 18.57" in apy
     assert "– (paper 28.59 / 0.795 / 0.225)" in ddnm  # CS not measured
     celeba = text.split("## CelebA-HQ")[1].split("## Noisy")[0]
     ddrm = next(l for l in celeba.splitlines() if l.startswith("| DDRM |"))
@@ -123,9 +126,12 @@ def test_the_a_pinv_y_row_scores_the_reference_apy_image_where_recorded(tmp_path
     _write_run(root, "a", "CelebA_HQ", _settings(), (46.0, 0.99, 0.01),
                baseline={"psnr": 42.5, "ssim": 0.979, "lpips_official": 0.02},
                baseline_reference={"psnr": 19.15, "ssim": 0.699, "lpips_official": 0.3})
+    # an inpainting run with the built-in mask is outside Table 1: it fills neither DDNM nor A^+ y
+    _write_run(root, "m", "CelebA_HQ", _settings(deg="inpainting"), (9.99, 0.4, 0.6), n=100)
     text = summary.render(summary.load_runs(sorted(root.iterdir())))
     apy = next(l for l in text.split("## CelebA-HQ")[1].splitlines() if l.startswith("| A^+ y |"))
     assert "19.15 / 0.699 / 0.300 (paper 18.85 / 0.686 / 0.305)" in apy and "42.50" not in apy
+    assert "9.99" not in text.split("## CelebA-HQ")[1].split("## Other")[0] and "– (paper 14.65" in apy
 
 
 def test_runs_outside_table1_are_listed(tmp_path):

@@ -286,5 +286,8 @@ def test_ema_from_init_keeps_the_reference_ema_and_is_not_resumed_as_the_other(t
         expected = 0.999 * init[name] + 0.001 * trained[name]
         assert torch.allclose(exported[name].float(), expected, rtol=2e-3, atol=2e-4), name
     capsys.readouterr()
-    assert train_main(common[:-2] + ["--steps", "2"]) == 2          # the default, zero, on an init state
+    assert train_main(common[:-2] + ["--steps", "2", "--ema_from", "zero"]) == 2     # the other kind: refused
     assert "--ema_from init" in capsys.readouterr().err
+    assert train_main(common[:-2] + ["--steps", "2"]) == 0          # no flag: the state's kind (a state from
+    state = torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)  # before the flag: init)
+    assert state["step"] == 2 and state["ema_from"] == "init" and state["ema_norm"] == 1.0
