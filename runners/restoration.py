@@ -568,7 +568,8 @@ def execute(plan: Plan) -> Optional[Dict]:
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         changes = settings_diff(previous.get("settings", {}), plan.settings)
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
-                         f"add --overwrite to replace them or choose another -i")
+                         f"rerun with those settings to resume, choose another -i, or add --overwrite to discard "
+                         f"those results")
     # Rank 0 alone reads the records and tells the others what is left, so that every rank
     # shards the very same list (a rank starting late must not see another's fresh records).
     state, done = None, {}
