@@ -267,9 +267,7 @@ def train(args) -> dict:
     g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "train_state.pt"
     step, losses = 0, []
     if state_path.exists():
         # on the CPU: the generators' states must stay CPU byte tensors (a CUDA generator's state
