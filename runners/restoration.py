@@ -558,6 +558,31 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
     return results
 
 
+def _same_run(old: Dict, new: Dict) -> bool:
+    """Whether two settings differ only in values that cannot change the run: a spelled-out default
+    --deg_scale, a deg_scale the degradation ignores, EquS's transform choice without EquS, a mask
+    without inpainting."""
+    from functions.operators import DEFAULT_CS_RATIO, DEFAULT_SR_FACTOR
+
+    def normalised(settings: Dict) -> str:
+        s = dict(settings)
+        deg = s.get("deg")
+        default = DEFAULT_SR_FACTOR if str(deg).startswith("sr_") else DEFAULT_CS_RATIO if str(deg).startswith("cs_") else None
+        if default is None:
+            s.pop("deg_scale", None)
+        else:
+            s["deg_scale"] = float(default if s.get("deg_scale") is None else s["deg_scale"])
+        if not s.get("equs"):
+            for key in ("transform", "eps_mapping", "transform_seed"):
+                s.pop(key, None)
+        if deg != "inpainting":
+            s.pop("mask", None)
+            s.pop("mask_sha", None)
+        return json.dumps(s, sort_keys=True, default=str)
+
+    return normalised(old) == normalised(new)
+
+
 def execute(plan: Plan) -> Optional[Dict]:
     """Restore the pending images (this rank's share) and, on rank 0, rebuild the results.
 
@@ -565,6 +590,11 @@ def execute(plan: Plan) -> Optional[Dict]:
     """
     args, out, ctx = plan.args, plan.out, plan.dist
     previous = read_json(out.run_json)
+    if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint \
+            and previous.get("fingerprint") and _same_run(previous.get("settings") or {}, plan.settings):
+        # the same run spelled another way (--deg_scale 4 for the default 4, --transform without EquS):
+        # continue under the folder's own settings, so that its records count
+        plan.settings, plan.fingerprint = previous["settings"], previous["fingerprint"]
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         changes = settings_diff(previous.get("settings", {}), plan.settings)
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "

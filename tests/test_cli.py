@@ -612,3 +612,18 @@ def test_ddrm_schedule_enters_the_settings_only_where_it_changed(tiny):
         return restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").settings
 
     assert settings(30)["ddrm_schedule"] == "range" and "ddrm_schedule" not in settings(20)
+
+
+def test_the_same_run_spelled_another_way_resumes(tiny, capsys):
+    """A spelled-out default --deg_scale, or an EquS transform without EquS, cannot change the run:
+    the folder resumes instead of being refused (whose message suggested discarding it)."""
+    base = ["--path_y", "faces", "--deg", "sr_averagepooling", "-i", "spelled"]
+    rc, _, err = run_cli(tiny, capsys, *base, "--subset_end", "1")
+    assert rc == 0, err
+    fingerprint = json.loads((folder(tiny, "spelled").root / "run.json").read_text())["fingerprint"]
+    rc, _, err = run_cli(tiny, capsys, *base, "--subset_end", "2", "--deg_scale", "4", "--transform", "vflip")
+    assert rc == 0, err
+    res = results(tiny, "spelled")
+    assert res["fingerprint"] == fingerprint and len(res["images"]) == 2
+    rc, _, err = run_cli(tiny, capsys, *base, "--deg_scale", "2")          # a real change is still refused
+    assert rc == 2 and "deg_scale" in _one_line(err)
