@@ -253,11 +253,10 @@ def _sampler_config(args, config):
                      else (config.get("sampling") or {}).get("clip_x0", False)),
     )
     # build the schedule and the denoiser wrapper once now, so a bad value fails before anything is written
-    from functions.diffusion import make_betas
     from functions.equivariance import make_denoiser
     from functions.samplers import schedule_for
 
-    num_timesteps = make_betas(config.get("diffusion", {})).numel()
+    num_timesteps = _num_timesteps(config)
     if cfg.steps > num_timesteps:
         raise InputError(f"--steps {cfg.steps} exceeds the {num_timesteps} diffusion timesteps of the config")
     schedule_for(cfg, num_timesteps)
@@ -265,14 +264,18 @@ def _sampler_config(args, config):
     return cfg
 
 
+def _num_timesteps(config) -> int:
+    """The config's number of diffusion timesteps T."""
+    from functions.diffusion import make_betas
+
+    return make_betas(config.get("diffusion", {})).numel()
+
+
 def _travels(cfg, config) -> bool:
     """Whether the run's schedule has time-travel steps (jumps back up)."""
-    from functions.diffusion import make_betas
     from functions.samplers import schedule_for
 
-    num_timesteps = make_betas(config.get("diffusion", {})).numel()
-    schedule = schedule_for(cfg, num_timesteps)
-    return any(not step.is_reverse for step in schedule)
+    return any(not step.is_reverse for step in schedule_for(cfg, _num_timesteps(config)))
 
 
 def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
@@ -331,10 +334,8 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         # sigma_y stays in CLI units; travel_from only where a step travels (below)
         **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from")},
     }
-    from functions.diffusion import make_betas
-
     if sampler_cfg.sampler == "ddrm" and sampler_cfg.schedule == "uniform" \
-            and make_betas(config.get("diffusion", {})).numel() % sampler_cfg.steps:
+            and _num_timesteps(config) % sampler_cfg.steps:
         # DDRM's own range(0, T, T // steps) since 2026-11-27 (before: DDNM's list, another schedule
         # for these step counts); folders made before have no such entry, so they are not resumed into
         settings["ddrm_schedule"] = "range"
