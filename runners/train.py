@@ -246,13 +246,26 @@ def train(args) -> dict:
     ema_names = [name for name, _ in ema.named_parameters()]
     out = Path(args.out)
     state_path = out / "train_state.pt"
-    # a resumed run keeps the kind of EMA its state holds (states from before --ema_from: init)
-    ema_from = args.ema_from or "zero"
-    if state_path.exists() and args.ema_from is None:
+
+    def cannot_resume(e: Exception) -> ValueError:   # a truncated file, another model's state, a file of another kind
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return ValueError(f"{state_path} cannot be resumed with --config {args.config} ({type(e).__name__}: "
+                          f"{first[:200]}); use another --out or remove that file")
+
+    state = None
+    if state_path.exists():
+        # on the CPU: the generators' states must stay CPU byte tensors (a CUDA generator's state
+        # is one too); load_state_dict moves the weights and the optimiser's moments to the device
         try:
-            ema_from = torch.load(state_path, map_location="cpu", weights_only=True).get("ema_from", "init")
-        except Exception:  # noqa: BLE001 - an unreadable state is reported where it is loaded below
-            pass
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise cannot_resume(e) from None
+    # a resumed run keeps the kind of EMA its state holds (states from before --ema_from: init)
+    saved_from = None if state is None else state.get("ema_from", "init")
+    if args.ema_from is not None and saved_from is not None and saved_from != args.ema_from:
+        raise ValueError(f"--ema_from {args.ema_from}: {state_path} keeps an EMA started from {saved_from}; resume "
+                         f"with --ema_from {saved_from} (or without the flag), or start a new --out")
+    ema_from = args.ema_from or saved_from or "zero"
     ema_norm = 1.0   # the EMA's accumulated weight: 1 for an EMA that starts from the initial weights
     if ema_from == "zero":
         with torch.no_grad():
@@ -269,25 +282,16 @@ def train(args) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     step, losses = 0, []
-    if state_path.exists():
-        # on the CPU: the generators' states must stay CPU byte tensors (a CUDA generator's state
-        # is one too); load_state_dict moves the weights and the optimiser's moments to the device
+    if state is not None:
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
             opt.load_state_dict(state["opt"])
             step, losses = int(state["step"]), list(state["losses"])
             # states written before the EMA could start from zero hold an EMA of weight 1 (init included)
             ema_norm = float(state.get("ema_norm", 1.0))
-            saved_from = state.get("ema_from", "init")
-        except Exception as e:  # a truncated file, another model's state, a file of another kind
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"{state_path} cannot be resumed with --config {args.config} ({type(e).__name__}: "
-                             f"{first[:200]}); use another --out or remove that file") from None
-        if saved_from != ema_from:
-            raise ValueError(f"--ema_from {ema_from}: {state_path} keeps an EMA started from {saved_from}; resume "
-                             f"with --ema_from {saved_from} (or without the flag), or start a new --out")
+        except Exception as e:  # noqa: BLE001
+            raise cannot_resume(e) from None
         schedule = state.get("lr_schedule", "none")
         if args.lr_decay != "none" or schedule != "none":
             if schedule != f"{args.lr_decay} over {args.steps}":
