@@ -220,6 +220,21 @@ def schedule_for(cfg: SamplerConfig, num_timesteps: int = 1000) -> List[Step]:
     return build_schedule(cfg.steps, kind, num_timesteps, cfg.travel_length, cfg.travel_repeat)
 
 
+def first_step_error_gain(schedule: Sequence[Step], levels: NoiseLevels) -> float:
+    """How much the first reverse step multiplies an error in the model's eps on its way into x_{t_next}.
+
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) carries the eps error times
+    sqrt(1 - abar_t) / sqrt(abar_t), and x_next takes x0 times sqrt(abar_next). With 100
+    steps this is about 1; EquS+'s schedule with few steps jumps from t = 998 straight to
+    a much lower noise level (5 steps: to t = 561, a gain of 31), and an unclipped x0
+    then leaves x_next far off the distribution the model knows."""
+    first = next((s for s in schedule if s.is_reverse), None)
+    if first is None:
+        return 0.0
+    a_t, a_next = levels.abar(first.t), levels.abar(first.t_next)
+    return math.sqrt(a_next) * math.sqrt(1 - a_t) / math.sqrt(a_t)
+
+
 def make_rule(cfg: SamplerConfig, op, y):
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler '{cfg.sampler}' is unknown; choose one of: {', '.join(SAMPLERS)}")

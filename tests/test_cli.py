@@ -627,3 +627,19 @@ def test_the_same_run_spelled_another_way_resumes(tiny, capsys):
     assert res["fingerprint"] == fingerprint and len(res["images"]) == 2
     rc, _, err = run_cli(tiny, capsys, *base, "--deg_scale", "2")          # a real change is still refused
     assert rc == 2 and "deg_scale" in _one_line(err)
+
+
+def test_a_first_step_that_amplifies_the_eps_error_is_announced(tiny):
+    """EquS+'s schedule with few steps jumps from t = 998 to far lower noise; unclipped, the demo prior
+    then gives 6 dB on 4x SR (7 steps). The plan says so, and stays quiet with --clip_x0 or enough steps."""
+    def notes(*extra):
+        argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), "--path_y", "faces", "--deg", "denoising",
+                "-i", "few", *FAST, *extra]
+        return [n for n in restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").notes
+                if "first step" in n]
+
+    five = notes("--EquSplus", "--steps", "5")
+    assert len(five) == 1 and "t = 998 to t = 561" in five[0] and "by 31 " in five[0] and "--clip_x0" in five[0]
+    assert notes("--EquSplus", "--steps", "5", "--clip_x0") == []
+    assert notes("--EquSplus", "--steps", "10") == []
+    assert notes("--steps", "5") == []          # the uniform schedule starts at t = 800: gain 4

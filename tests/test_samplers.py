@@ -409,3 +409,33 @@ def test_travel_from_reaches_the_sampler_and_the_run_settings_only_with_travel()
     assert not _travels(_sampler_config(parse(base), {}), {})
     assert _travels(_sampler_config(parse(base + ["--travel_length", "2", "--travel_repeat", "2"]), {}), {})
     assert not _travels(_sampler_config(parse(base + ["--travel_length", "10", "--travel_repeat", "2"]), {}), {})
+
+
+@pytest.mark.parametrize("steps,kind", [(5, "tas"), (5, "uniform"), (100, "uniform")])
+def test_first_step_error_gain_is_what_a_step_does_to_an_eps_error(steps, kind):
+    """An error d in the first eps prediction, inside the operator's null space, reaches x_{t_next}
+    multiplied by first_step_error_gain (eta 1: the step adds no eps term of its own)."""
+    from functions.diffusion import NoiseLevels
+    from functions.samplers import DDNMRule, first_step_error_gain
+    from functions.schedules import build_schedule
+
+    levels = NoiseLevels(BETAS)
+    schedule = build_schedule(steps, kind)
+    first = schedule[0]
+    a_t, a_next = levels.abar(first.t), levels.abar(first.t_next)
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[2:6, 2:6] = False
+    op = build_operator("inpainting", image_size=8, mask=mask)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps, d = (torch.randn(1, 3, 8, 8, generator=g) for _ in range(3))
+    y = op.A(torch.randn(1, 3, 8, 8, generator=g))
+    rule = DDNMRule(op, y, eta=1.0)
+
+    def step(e):
+        x0 = (x_t - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+        return rule.step(x_t, x0, e, a_t, a_next, ZeroNoise())[0]
+
+    change = (step(eps + d) - step(eps))[..., 2:6, 2:6]
+    gain = first_step_error_gain(schedule, levels)
+    assert torch.allclose(change.abs(), gain * d[..., 2:6, 2:6].abs(), rtol=1e-3, atol=1e-5)
+    assert (gain > 30) == (steps == 5 and kind == "tas")
