@@ -619,6 +619,15 @@ def execute(plan: Plan) -> Optional[Dict]:
         # the same run spelled another way (--deg_scale 4 for the default 4, --transform without EquS):
         # continue under the folder's own settings, so that its records count
         plan.settings, plan.fingerprint = previous["settings"], previous["fingerprint"]
+    if not (previous and previous.get("fingerprint")) and not args.overwrite:
+        # run.json names the settings; without it (deleted, or damaged by hand) the records still
+        # carry their fingerprints, and results made with other settings must not be mixed in
+        others = sum(f != plan.fingerprint for f in out.record_fingerprints().values())
+        if others:
+            state = "damaged" if out.run_json.exists() else "missing"
+            raise InputError(f"{out.root} holds {others} result(s) made with other settings, and its run.json, "
+                             f"which names them, is {state}; rerun the command that made them to resume, "
+                             f"choose another -i, or add --overwrite to discard those results")
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         changes = settings_diff(previous.get("settings", {}), plan.settings)
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "

@@ -33,11 +33,27 @@ from functions.metrics import mean_of
 METRIC_KEYS = ("psnr", "ssim", "lpips", "lpips_official", "consistency")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file 0600 whatever the umask; outputs get what open() would have given them
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as exc:
+        # one line naming the folder (not the temporary file's random name) and the way out
+        raise PermissionError(exc.errno, f"cannot write into {path.parent} ({exc.strerror}); fix its permissions "
+                                         f"or choose another output folder (-i / --exp)") from None
+    try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -90,6 +106,18 @@ def read_json(path: Path) -> Optional[dict]:
         return None
 
 
+def _whole_png(path: Path) -> bool:
+    """The file exists and is a complete image (PIL's verify reads every chunk and its checksum)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:      # missing, truncated, empty, not an image: PIL raises several kinds
+        return False
+
+
 class OutputFolder:
     """Paths of one run's outputs and its per-image record store."""
 
@@ -116,13 +144,24 @@ class OutputFolder:
         return self.records_dir / f"{name}.json"
 
     def read_record(self, name: str, fingerprint: str) -> Optional[dict]:
-        """The image's record if it is complete and made with these settings."""
+        """The image's record if it is complete and made with these settings: its three PNGs
+        are whole (a damaged one makes the image unfinished, so the run restores it again)."""
         rec = read_json(self.record_path(name))
         if not rec or rec.get("fingerprint") != fingerprint:
             return None
-        if not (self.restored(name).exists() and self.apy(name).exists() and self.orig(name).exists()):
+        if not all(_whole_png(p) for p in (self.restored(name), self.apy(name), self.orig(name))):
             return None
         return rec
+
+    def record_fingerprints(self) -> Dict[str, str]:
+        """name -> fingerprint of every readable record, whatever its settings."""
+        out = {}
+        if self.records_dir.is_dir():
+            for p in self.records_dir.glob("*.json"):
+                rec = read_json(p)
+                if isinstance(rec, dict) and rec.get("fingerprint"):
+                    out[p.stem] = rec["fingerprint"]
+        return out
 
     def write_record(self, record: dict) -> None:
         atomic_write_json(self.record_path(record["name"]), record)

@@ -20,6 +20,7 @@ import copy
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,8 +132,30 @@ class CropBank:
 
 def save_atomic(obj, path: Path):
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as e:   # torch's writer reports a refused or full disk as a RuntimeError
+        reason = (str(e).strip().splitlines() or ["write failed"])[0]
+        raise OSError(f"cannot write {path}: {reason[-200:]}") from None
     os.replace(tmp, path)
+
+
+def check_writable(flag: str, folder: Path) -> None:
+    """Create the folder and write a file into it now, not after the first --save_every steps."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"{flag} {folder}: cannot write there ({e.strerror or e}); fix its permissions or choose "
+                      f"another path") from None
+
+
+# The flags that decide what a run trains on and how (its samples, their augmentation, the EMA): a
+# resumed run must be given the same ones. --lr and --weight_decay may change on resume (they apply
+# from there on); --steps may grow (a schedule's --steps is checked on its own).
+RUN_FLAGS = ("data", "batch_size", "ema", "min_scale", "rot90", "seed", "crop_bank", "amp", "warmup")
 
 
 def export_ema(ema_state: dict, path: Path, dtype=torch.float16, norm: float = 1.0, params=()):
@@ -280,8 +303,18 @@ def train(args) -> dict:
     g_noise = torch.Generator(device=device).manual_seed(args.seed + 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable("--out", out)
+    if args.export:
+        check_writable("--export", Path(args.export).parent)
+    run_flags = {k: getattr(args, k) for k in RUN_FLAGS}
+    run_flags.update(data=str(Path(args.data).resolve()), ema=decay)
     step, losses = 0, []
+    if state is not None and state.get("run_flags"):
+        changed = [f"--{k} {state['run_flags'][k]} (now {run_flags[k]})" for k in RUN_FLAGS
+                   if k in state["run_flags"] and state["run_flags"][k] != run_flags[k]]
+        if changed:
+            raise ValueError(f"{state_path} was trained with {', '.join(changed)}; resume with the same flags, "
+                             f"or start a new --out")
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -323,7 +356,7 @@ def train(args) -> dict:
                      "opt": opt.state_dict(), "step": step, "losses": losses, "crop_rng": crops.g.get_state(),
                      "noise_rng": g_noise.get_state().cpu(), "torch_rng": torch.get_rng_state(),
                      **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                     "lr_schedule": lr_schedule}, state_path)
+                     "lr_schedule": lr_schedule, "run_flags": run_flags}, state_path)
         export_ema(ema.state_dict(), out / "ema.pt", norm=ema_norm, params=ema_names)
         if args.export:
             export_ema(ema.state_dict(), Path(args.export), norm=ema_norm, params=ema_names)

@@ -5,6 +5,7 @@ a kill, --overwrite, the command lines of evaluation.sh, and the bad inputs (one
 line on stderr, exit status 2, nothing already written touched).
 """
 import hashlib
+import os
 import json
 import re
 import shlex
@@ -643,3 +644,60 @@ def test_a_first_step_that_amplifies_the_eps_error_is_announced(tiny):
     assert notes("--EquSplus", "--steps", "5", "--clip_x0") == []
     assert notes("--EquSplus", "--steps", "10") == []
     assert notes("--steps", "5") == []          # the uniform schedule starts at t = 800: gain 4
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_folder_whose_run_json_is_lost_still_refuses_other_settings(tiny, capsys, damage):
+    name = f"lost_{damage}"
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", name)
+    assert rc == 0, err
+    out = folder(tiny, name)
+    if damage == "truncate":
+        out.run_json.write_text(out.run_json.read_text()[:40])
+    else:
+        out.run_json.unlink()
+    before = {k: v for k, v in snapshot(out.root).items() if k != "run.json"}
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", name, "--eta", "0.5")
+    line = _one_line(err)
+    assert rc == 2 and "3 result(s) made with other settings" in line
+    assert ("damaged" if damage == "truncate" else "missing") in line and "--overwrite" in line
+    assert {k: v for k, v in snapshot(out.root).items() if k != "run.json"} == before      # nothing touched
+    rc, log, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", name)   # the same command
+    assert rc == 0, err
+    assert "3 already done" in log + err and json.loads(out.run_json.read_text())["fingerprint"]
+
+
+def test_a_damaged_output_image_is_restored_again(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "torn")
+    assert rc == 0, err
+    out = folder(tiny, "torn")
+    name = results(tiny, "torn")["images"][0]["name"]
+    whole = out.restored(name).read_bytes()
+    out.restored(name).write_bytes(whole[: len(whole) // 2])        # a half-written file left by hand or a full disk
+    out.orig(sorted(results(tiny, "torn")["images"], key=lambda r: r["name"])[-1]["name"]).write_bytes(b"")
+    rc, log, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "torn")
+    assert rc == 0, err
+    assert "3 images, 1 already done" in log + err
+    assert out.restored(name).read_bytes() == whole                # restored again, the same per-image seed
+
+
+def test_output_files_follow_the_umask(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "modes")
+    assert rc == 0, err
+    from runners.results import FILE_MODE
+    out = folder(tiny, "modes")
+    for p in [out.run_json, out.results_json, *out.root.glob("*.png"), *out.records_dir.glob("*.json")]:
+        assert p.stat().st_mode & 0o777 == FILE_MODE, p
+
+
+def test_an_unwritable_output_folder_is_one_line_naming_it(tiny, capsys, monkeypatch):
+    import runners.results
+
+    def refuse(dir=None, **kw):     # what mkstemp raises in a read-only folder (root would not get it)
+        raise PermissionError(13, "Permission denied", os.path.join(dir, ".x.abc123.tmp"))
+
+    monkeypatch.setattr(runners.results.tempfile, "mkstemp", refuse)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "ro")
+    line = _one_line(err)
+    assert rc == 2 and line.startswith("error: cannot write into ") and "image_samples" in line
+    assert ".tmp" not in err and "-i" in line

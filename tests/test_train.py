@@ -291,3 +291,59 @@ def test_ema_from_init_keeps_the_reference_ema_and_is_not_resumed_as_the_other(t
     assert train_main(common[:-2] + ["--steps", "2"]) == 0          # no flag: the state's kind (a state from
     state = torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)  # before the flag: init)
     assert state["step"] == 2 and state["ema_from"] == "init" and state["ema_norm"] == 1.0
+
+
+def test_resuming_with_flags_that_change_the_run_is_refused_in_one_line(tmp_path, capsys):
+    """--seed, --batch_size, --data, --ema, --rot90, ... decide what is trained: a resume with other
+    values would mix two runs in one state (--lr and --weight_decay may change; see above)."""
+    _images(tmp_path / "data")
+    _images(tmp_path / "other")
+    config = _tiny_config(tmp_path, tmp_path / "ema.pt")
+    base = ["--config", str(config), "--out", str(tmp_path / "o"), "--lr", "2e-3", "--steps", "2"]
+    same = ["--data", str(tmp_path / "data"), "--batch_size", "2", "--seed", "3", "--ema", "0.5"]
+    assert train_main(base + same) == 0
+    before = (tmp_path / "o" / "train_state.pt").read_bytes()
+    for flag, value in [("--seed", "4"), ("--batch_size", "3"), ("--data", str(tmp_path / "other")),
+                        ("--ema", "0.9"), ("--min_scale", "0.5")]:
+        argv = base + same + [flag, value]
+        argv[argv.index("--steps") + 1] = "4"
+        capsys.readouterr()
+        assert train_main(argv) == 2, flag
+        err = capsys.readouterr().err.strip().splitlines()
+        assert flag in err[-1] and "start a new --out" in err[-1] and len(err) == 1, (flag, err)
+        assert (tmp_path / "o" / "train_state.pt").read_bytes() == before       # nothing trained or written
+    argv = base + same + ["--lr", "1e-3"]
+    argv[argv.index("--steps") + 1] = "3"
+    assert train_main(argv) == 0                                                  # --lr may change
+    assert torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)["step"] == 3
+
+
+def test_an_unwritable_out_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import runners.train
+
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "ema.pt")
+
+    def refuse(dir=None, **kw):         # what a read-only folder gives (root would be let through)
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(runners.train.tempfile, "mkstemp", refuse)
+    steps = []
+    monkeypatch.setattr(runners.train, "learning_rate", lambda *a: steps.append(1) or 1e-3)
+    code = train_main(["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ro"),
+                       "--steps", "3", "--batch_size", "2", "--warmup", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--out" in err[0] and "cannot write there" in err[0]
+    assert steps == []                                                           # not one step was taken
+
+
+def test_a_refused_save_is_one_line(tmp_path, monkeypatch):
+    import runners.train
+
+    def full_disk(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(runners.train.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"cannot write .*ema\.pt: \[enforce fail"):
+        runners.train.save_atomic({}, tmp_path / "ema.pt")
+    assert not (tmp_path / "ema.pt").exists()
