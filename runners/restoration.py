@@ -645,6 +645,14 @@ def execute(plan: Plan) -> Optional[Dict]:
             error = (f"the dataset changed since {out.root} was made: {it.name} was image {rec.get('index')} and is "
                      f"now image {it.index} ({len(moved)} image(s) moved); restore it into another -i, or add "
                      f"--overwrite to start this folder afresh")
+        else:       # a file replaced under the same name: its record scores another image (records from
+            # before 2026-11-27 have no source_sha and are not checked)
+            edited = [it for it in plan.items if it.name in done and done[it.name].get("source_sha")
+                      and done[it.name]["source_sha"] != _file_digest(it.path)]
+            if edited:
+                error = (f"the dataset changed since {out.root} was made: {edited[0].path} has new content "
+                         f"({len(edited)} image(s) changed); restore it into another -i, or add --overwrite to "
+                         f"start this folder afresh")
         state = ([it.name for it in plan.items if it.name not in done], [r.get("psnr") for r in done.values()], error)
     pending_names, earlier_psnr, error = ctx.broadcast(state)
     if error:   # on every rank, so that none waits for the others
@@ -692,6 +700,7 @@ def execute(plan: Plan) -> Optional[Dict]:
     if ctx.is_main:
         if args.overwrite:
             out.clear()
+        out.remove_stale_temporaries()
         out.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
                                          "checkpoint": model_path, "checkpoint_id": model_id,
@@ -786,7 +795,8 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                 save_image(out.orig(it.name), x01_h[i])
                 save_image(out.restored(it.name), rest_h[i])
                 out.write_record({
-                    "name": it.name, "index": it.index, "source": str(it.path), "label": it.label,
+                    "name": it.name, "index": it.index, "source": str(it.path), "source_sha": _file_digest(it.path),
+                    "label": it.label,
                     "seed": seed_for(args.seed, it.index), **scores[i], "non_finite": non_finite(scores[i]),
                     "nfe": int(result.nfe),
                     "seconds": seconds, "baseline": base[i],

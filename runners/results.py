@@ -166,6 +166,24 @@ class OutputFolder:
     def write_record(self, record: dict) -> None:
         atomic_write_json(self.record_path(record["name"]), record)
 
+    def remove_stale_temporaries(self, older_than: float = 60.0) -> int:
+        """Delete the temporary files of writes that a kill cut short (`.<name>.XXXX.tmp`); a write
+        holds its temporary for milliseconds, so one older than a minute belongs to no live run."""
+        import time
+
+        removed = 0
+        for folder in (self.root, self.records_dir, self.apy_dir, self.orig_dir):
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                try:
+                    if time.time() - p.stat().st_mtime > older_than:
+                        p.unlink()
+                        removed += 1
+                except OSError:
+                    pass
+        return removed
+
     def clear(self) -> None:
         """Forget earlier results (--overwrite): records and summaries; images get rewritten."""
         if self.records_dir.is_dir():

@@ -701,3 +701,35 @@ def test_an_unwritable_output_folder_is_one_line_naming_it(tiny, capsys, monkeyp
     line = _one_line(err)
     assert rc == 2 and line.startswith("error: cannot write into ") and "image_samples" in line
     assert ".tmp" not in err and "-i" in line
+
+
+def test_an_input_replaced_under_the_same_name_is_refused_on_resume(tiny, capsys, tmp_path):
+    ds = tmp_path / "edited"
+    for i in range(2):
+        _image(ds / f"e{i}.png", (32, 32), 30 + i)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "edited")
+    assert rc == 0, err
+    before = snapshot(folder(tiny, "edited").root)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "edited")   # unchanged: resumes
+    assert rc == 0, err
+    _image(ds / "e1.png", (32, 32), 99)                        # other content, same name
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "edited")
+    line = _one_line(err)
+    assert rc == 2 and "dataset changed" in line and "e1.png has new content" in line and "--overwrite" in line
+    after = snapshot(folder(tiny, "edited").root)
+    assert {k: v for k, v in after.items() if k.endswith(".png")} == {k: v for k, v in before.items() if k.endswith(".png")}
+    rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", "edited", "--overwrite")
+    assert rc == 0, err
+
+
+def test_temporaries_left_by_a_kill_are_removed_by_the_next_run(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "tmps")
+    assert rc == 0, err
+    out = folder(tiny, "tmps")
+    stale, fresh = out.root / ".results.json.ab12cd.tmp", out.records_dir / ".x.json.ef34gh.tmp"
+    for p in (stale, fresh):
+        p.write_text("{")
+    os.utime(stale, (0, 0))                                   # cut short long ago
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "tmps")
+    assert rc == 0, err
+    assert not stale.exists() and fresh.exists()              # a fresh one may belong to a live write
