@@ -8,6 +8,10 @@
 # runners.summary keeps those runs out of Table 1's cells). Append flags to a line as
 # needed (--batch_size 8, --device cuda:1, --subset_end 100, ...); --EquS / --EquSplus switch EquS on.
 set -u
+# every line runs even when one fails (a missing dataset, an interrupted run); the failures are
+# counted, and the script's exit status says whether any run failed
+failed=0
+trap 'failed=$((failed + 1))' ERR
 
 ## Official EquS command lines, unchanged (DDNM; add "--EquS" or "--EquSplus" for EquS / EquS+) ##
 
@@ -102,3 +106,7 @@ python main.py --ni --config imagenet_256.yml --path_y imagenet --eta 0.85 --sam
 
 ## The measured table beside the published one ##
 python -m runners.summary --exp exp -o exp/table1_measured.md
+if [ "$failed" -gt 0 ]; then
+    echo "evaluation.sh: $failed command(s) failed (their errors are above); rerun to resume the rest" >&2
+    exit 1
+fi

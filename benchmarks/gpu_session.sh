@@ -56,6 +56,7 @@ TRAIN_RC=$?
 echo "train rc=$TRAIN_RC wall=$(( $(date +%s) - t0 )) s" >>"$LOG"
 python3 -c "import torch; s = torch.load('$TRAIN_DIR/train_state.pt', weights_only=True); l = s['losses']; \
 n = min(200, len(l)); print('steps', s['step'], 'mean loss, first/last', n, 'steps:', sum(l[:n]) / n, sum(l[-n:]) / n)" >>"$LOG" 2>&1
+rm -rf "$TRAIN_DIR"   # the weights are in $OUT/demo_ema.pt; the optimiser state (~77 MB) is not kept
 fi
 
 if has throughput; then

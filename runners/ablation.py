@@ -253,6 +253,9 @@ def main(argv=None):
     except (ValueError, InputError, CheckpointError, OSError) as e:   # DatasetError is an InputError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # the tables are rewritten after every row: what finished is kept
+        print(f"interrupted: the rows finished so far are in {Path(args.out) / 'ablation.md'}", file=sys.stderr)
+        return 130
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 

@@ -59,6 +59,7 @@ def _write_folder(target: Path, make_images) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~FILE_UMASK)     # mkdtemp makes it 0700 whatever the umask
         for stem, img in make_images().items():
             Image.fromarray(img).save(tmp / f"{stem}.png", format="PNG")
         try:
@@ -69,6 +70,15 @@ def _write_folder(target: Path, make_images) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_UMASK = _umask()
 
 
 def materialise_demo_sets(exp: str = "exp", size: int = 64) -> dict:

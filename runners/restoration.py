@@ -586,25 +586,27 @@ def _same_run(old: Dict, new: Dict) -> bool:
     """Whether two settings differ only in values that cannot change the run: a spelled-out default
     --deg_scale, a deg_scale the degradation ignores, EquS's transform choice without EquS, a mask
     without inpainting."""
+    return _normalised(old) == _normalised(new)
+
+
+def _normalised(settings: Dict) -> Dict:
+    """Settings with the values that cannot change the run brought to one spelling (see _same_run)."""
     from functions.operators import DEFAULT_CS_RATIO, DEFAULT_SR_FACTOR
 
-    def normalised(settings: Dict) -> str:
-        s = dict(settings)
-        deg = s.get("deg")
-        default = DEFAULT_SR_FACTOR if str(deg).startswith("sr_") else DEFAULT_CS_RATIO if str(deg).startswith("cs_") else None
-        if default is None:
-            s.pop("deg_scale", None)
-        else:
-            s["deg_scale"] = float(default if s.get("deg_scale") is None else s["deg_scale"])
-        if not s.get("equs"):
-            for key in ("transform", "eps_mapping", "transform_seed"):
-                s.pop(key, None)
-        if deg != "inpainting":
-            s.pop("mask", None)
-            s.pop("mask_sha", None)
-        return json.dumps(s, sort_keys=True, default=str)
-
-    return normalised(old) == normalised(new)
+    s = dict(settings)
+    deg = s.get("deg")
+    default = DEFAULT_SR_FACTOR if str(deg).startswith("sr_") else DEFAULT_CS_RATIO if str(deg).startswith("cs_") else None
+    if default is None:
+        s.pop("deg_scale", None)
+    else:
+        s["deg_scale"] = float(default if s.get("deg_scale") is None else s["deg_scale"])
+    if not s.get("equs"):
+        for key in ("transform", "eps_mapping", "transform_seed"):
+            s.pop(key, None)
+    if deg != "inpainting":
+        s.pop("mask", None)
+        s.pop("mask_sha", None)
+    return json.loads(json.dumps(s, sort_keys=True, default=str))
 
 
 def execute(plan: Plan) -> Optional[Dict]:
@@ -629,7 +631,8 @@ def execute(plan: Plan) -> Optional[Dict]:
                              f"which names them, is {state}; rerun the command that made them to resume, "
                              f"choose another -i, or add --overwrite to discard those results")
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
-        changes = settings_diff(previous.get("settings", {}), plan.settings)
+        # only the differences that block resuming (not a spelled-out default --deg_scale, ...)
+        changes = settings_diff(_normalised(previous.get("settings") or {}), _normalised(plan.settings))
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
                          f"rerun with those settings to resume, choose another -i, or add --overwrite to discard "
                          f"those results")

@@ -57,6 +57,8 @@ PUBLISHED: Dict[str, Dict[str, Tuple[Tuple[float, float, float], ...]]] = {
 }
 
 DEFAULT_SR, DEFAULT_CS = 4.0, 0.25
+# the benchmark image folders (--path_y) of evaluation.sh and of the demo; runs on others are labelled
+BENCHMARK_IMAGES = ("celeba_hq", "imagenet", "demo")
 TABLE_CONFIGS = ("celeba_hq.yml", "imagenet_256.yml")  # the paper's two models; other configs are named
 
 
@@ -90,6 +92,10 @@ def method_of(settings: Dict) -> str:
     extras = []
     if settings.get("config") not in (None, *TABLE_CONFIGS):
         extras.append(str(settings["config"]))
+    if settings.get("ckpt"):      # another checkpoint than the config's own (a fine-tuned or random one)
+        extras.append(f"ckpt {Path(str(settings['ckpt'])).name}")
+    if settings.get("path_y") not in (None, *BENCHMARK_IMAGES):
+        extras.append(f"images {Path(str(settings['path_y'])).name}")
     if equs == "average" and schedule != "uniform":
         extras.append(schedule)
     if equs and settings.get("transform", "hflip") != "hflip":
@@ -246,6 +252,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     folders = [Path(f) for f in args.folders] or sorted((Path(args.exp) / "image_samples").glob("*"))
     runs = load_runs(folders)
+    loaded = {r["folder"] for r in runs}
+    unfinished = [f for f in folders if f not in loaded and (f / "run.json").is_file()]
+    if unfinished:   # a run.json without results.json: the run was interrupted before its summary
+        names = ", ".join(str(f) for f in unfinished[:3]) + (", ..." if len(unfinished) > 3 else "")
+        print(f"note: {len(unfinished)} folder(s) hold an unfinished run, left out ({names}); rerun the command in "
+              f"their run.json to finish them", file=sys.stderr)
     if not runs:
         print(f"error: no results.json found in {', '.join(map(str, folders)) or Path(args.exp) / 'image_samples'}",
               file=sys.stderr)

@@ -374,47 +374,63 @@ def train(args) -> dict:
             pending.clear()
             bar.set_postfix(loss=f"{running:.4f}")
 
-    while step < args.steps:
-        x0 = bank.sample(args.batch_size, g_noise) if bank is not None else crops.sample(args.batch_size).to(device)
-        t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=g_noise, device=device)
-        eps = torch.randn(x0.shape, generator=g_noise, device=device)
-        a = abar[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        if args.channels_last:
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            pred = model(x_t, t.float())
-        loss = (pred.float() - eps).square().mean()
-        if args.warmup or args.lr_decay != "none":
-            lr = learning_rate(step, args.lr, args.warmup, args.lr_decay, args.steps, args.lr_final)
-            for group in opt.param_groups:
-                group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
-        ema_norm = decay * ema_norm + (1 - decay)
-        step += 1
-        pending.append(loss.detach())
-        bar.update(1)
-        if len(pending) >= args.log_every:
-            flush()
-        if step % args.save_every == 0 and step < args.steps:
-            flush()
-            save()
-        if args.minutes is not None and (time.monotonic() - start) >= 60 * args.minutes:
-            break
+    try:
+        while step < args.steps:
+            x0 = bank.sample(args.batch_size, g_noise) if bank is not None else crops.sample(args.batch_size).to(device)
+            t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=g_noise, device=device)
+            eps = torch.randn(x0.shape, generator=g_noise, device=device)
+            a = abar[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            if args.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                pred = model(x_t, t.float())
+            loss = (pred.float() - eps).square().mean()
+            if args.warmup or args.lr_decay != "none":
+                lr = learning_rate(step, args.lr, args.warmup, args.lr_decay, args.steps, args.lr_final)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, model_params, 1 - decay)
+            ema_norm = decay * ema_norm + (1 - decay)
+            step += 1
+            pending.append(loss.detach())
+            bar.update(1)
+            if len(pending) >= args.log_every:
+                flush()
+            if step % args.save_every == 0 and step < args.steps:
+                flush()
+                save()
+            if args.minutes is not None and (time.monotonic() - start) >= 60 * args.minutes:
+                break
+    except KeyboardInterrupt:
+        flush()
+        bar.close()
+        save()          # atomic: a second Ctrl-C here leaves the previous state whole
+        raise Interrupted(step, state_path) from None
     flush()
     bar.close()
     save()
     return {"step": step, "losses": losses, "state": str(state_path), "ema": str(out / "ema.pt")}
 
 
+class Interrupted(Exception):
+    """Ctrl-C during training, after the state was saved."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"interrupted at step {step}: saved {path}; rerun the same command to resume")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except (ValueError, OSError) as e:   # OSError: a full disk, no permission (FileNotFoundError is one)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,3 +72,15 @@ def test_bad_ablation_flags_are_one_line_before_anything_runs(tmp_path, capsys, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_in_the_ablation_is_one_line(tmp_path, capsys, monkeypatch):
+    import runners.ablation as ablation
+
+    def interrupted(args, write):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "run", interrupted)
+    assert ablation.main(["--out", str(tmp_path / "ab"), "--steps", "2", "--seeds", "0"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"interrupted: the rows finished so far are in {tmp_path / 'ab' / 'ablation.md'}"]

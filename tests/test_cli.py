@@ -733,3 +733,31 @@ def test_temporaries_left_by_a_kill_are_removed_by_the_next_run(tiny, capsys):
     rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "-i", "tmps")
     assert rc == 0, err
     assert not stale.exists() and fresh.exists()              # a fresh one may belong to a live write
+
+
+def test_the_other_settings_error_lists_only_what_blocks_resuming(tiny, capsys):
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "4",
+                         "-i", "diffs")
+    assert rc == 0, err
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "-i", "diffs",
+                         "--eta", "0.5")
+    line = _one_line(err)
+    assert rc == 2 and "eta: 0.85 -> 0.5" in line and "deg_scale" not in line
+
+
+@pytest.mark.parametrize("failing", [0, 2])
+def test_evaluation_sh_runs_every_line_and_exits_1_when_one_failed(tmp_path, failing):
+    """A fake `python` on PATH records each call; the first `failing` main.py calls fail."""
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    log = tmp_path / "calls"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$1" >> {log}\n'
+                    f'if [ "$1" = main.py ] && [ "$(grep -c main.py {log})" -le {failing} ]; then exit 2; fi\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(REPO / "evaluation.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    calls = log.read_text().split()
+    assert calls.count("main.py") == 62 and calls[-1] == "-m"          # every run, then the summary
+    assert proc.returncode == (1 if failing else 0), proc.stderr
+    assert (f"{failing} command(s) failed" in proc.stderr) == bool(failing)

@@ -153,3 +153,21 @@ def test_cli_writes_file_and_errors_without_results(tmp_path, capsys):
     assert summary.main(["--exp", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_runs_with_another_checkpoint_or_other_images_are_labelled():
+    from runners.summary import method_of
+
+    plain = {"config": "celeba_hq.yml", "path_y": "celeba_hq", "sampler": "ddnm", "steps": 100, "eta": 0.85}
+    assert method_of(plain) == "DDNM"
+    assert method_of(dict(plain, ckpt="/tmp/random_weights.pt")) == "DDNM [ckpt random_weights.pt]"
+    assert method_of(dict(plain, path_y="/data/my_faces")) == "DDNM [images my_faces]"
+
+
+def test_an_unfinished_run_is_named_not_silently_left_out(tmp_path, capsys):
+    (tmp_path / "intr").mkdir()
+    (tmp_path / "intr" / "run.json").write_text(json.dumps({"command": "python main.py ..."}))
+    assert summary.main([str(tmp_path / "intr")]) == 2
+    err = capsys.readouterr().err
+    assert "1 folder(s) hold an unfinished run" in err and "rerun the command in their run.json" in err
+    assert "error: no results.json found" in err

@@ -88,6 +88,8 @@ def test_the_demo_training_set_is_written_on_first_use(tmp_path):
     assert sorted(p.stem for p in paths) == sorted(
         ["astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry", "retina"])
     assert all(im.shape[0] == 3 and 0 <= im.min() and im.max() <= 1 for im in images)
+    from runners.demo_data import FILE_UMASK      # a folder others can read, as mkdir would make it
+    assert (tmp_path / "exp" / "datasets" / "demo_train").stat().st_mode & 0o777 == 0o777 & ~FILE_UMASK
     with pytest.raises(ValueError, match="no images found"):   # any other missing folder is still an error
         load_folder(str(tmp_path / "elsewhere"))
 
@@ -347,3 +349,30 @@ def test_a_refused_save_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"cannot write .*ema\.pt: \[enforce fail"):
         runners.train.save_atomic({}, tmp_path / "ema.pt")
     assert not (tmp_path / "ema.pt").exists()
+
+
+def test_ctrl_c_saves_the_state_and_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    import runners.train
+
+    _images(tmp_path / "data")
+    config = _tiny_config(tmp_path, tmp_path / "ema.pt")
+    calls = []
+    real = runners.train.learning_rate
+
+    def interrupt_third_step(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(runners.train, "learning_rate", interrupt_third_step)
+    argv = ["--config", str(config), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+            "--steps", "50", "--batch_size", "2", "--warmup", "1", "--save_every", "1000"]
+    assert train_main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted at step 2: saved {tmp_path / 'o' / 'train_state.pt'}; rerun the same command to resume"
+    assert torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(runners.train, "learning_rate", real)
+    argv[argv.index("--steps") + 1] = "4"
+    assert train_main(argv) == 0
+    assert torch.load(tmp_path / "o" / "train_state.pt", weights_only=True)["step"] == 4
