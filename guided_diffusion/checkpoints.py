@@ -144,6 +144,11 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
     """
     dest = Path(dest)
     tmp = None
+    made = []          # folders this call creates: removed again if the download fails
+    probe = dest.parent
+    while not probe.exists() and probe.parent != probe:
+        made.append(probe)
+        probe = probe.parent
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -164,6 +169,12 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+        if not dest.exists():
+            for folder in made:        # deepest first; a folder something else wrote into stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return dest
 
 

@@ -663,12 +663,6 @@ def execute(plan: Plan) -> Optional[Dict]:
     by_name = {it.name: it for it in plan.items}
     pending = [by_name[name] for name in pending_names]
     mine = ctx.shard(pending)
-    for note in plan.notes:
-        LOG.info(note)
-    LOG.info(f"{len(plan.items)} images, {len(plan.items) - len(pending)} already done; output: {out.root}")
-    if ctx.world_size > 1:
-        LOG.info(f"{ctx.world_size} processes ({ctx.backend}); {len(mine)} image(s) on rank {ctx.rank} ({plan.device})")
-
     # The first process on each node resolves (and if need be downloads) the checkpoint before
     # the others look for it; a missing checkpoint fails here, before any write.
     # A user error on one rank is raised on every rank (all_gather is also the barrier), so
@@ -699,6 +693,12 @@ def execute(plan: Plan) -> Optional[Dict]:
         if errors:
             raise InputError(errors[0])
     # (the second all_gather above: every rank has read the folder's state before rank 0 changes it)
+    # (after the model: a run that cannot get its checkpoint reports only that)
+    for note in plan.notes:
+        LOG.info(note)
+    LOG.info(f"{len(plan.items)} images, {len(plan.items) - len(pending)} already done; output: {out.root}")
+    if ctx.world_size > 1:
+        LOG.info(f"{ctx.world_size} processes ({ctx.backend}); {len(mine)} image(s) on rank {ctx.rank} ({plan.device})")
 
     if ctx.is_main:
         if args.overwrite:

@@ -114,6 +114,7 @@ def test_bad_downloads_are_rejected_without_leftovers(server, tmp_path, route, m
     assert "\n" not in text
     assert str(tmp_path / "logs/tiny/tiny.ckpt") in text  # where to put it
     assert _files(tmp_path) == []  # no partial or temporary file left behind
+    assert list(tmp_path.iterdir()) == []  # nor the folders made for it
 
 
 def test_download_gets_the_usual_file_mode_and_names_itself_in_errors(server, tmp_path):
@@ -163,6 +164,7 @@ def test_offline_gives_one_line_with_source_and_destination(tmp_path):
     assert "drive.google.com/file/d/1wSoA5fm_d6JBZk4RZ1SzWLMgev4WqH21" in text
     assert str(tmp_path / "logs/celeba/celeba_hq.ckpt") in text
     assert _files(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []      # nor the logs/celeba/ folders made for the download
 
 
 def test_missing_without_download_says_where_to_get_it(tmp_path):
