@@ -11,13 +11,15 @@ deblur, block CS 25%, inpainting, 4x bicubic SR, colorization) and noisy 4x SR
 so rows differ only by the method; DDNM and DDNM-EquS+ are also scored as the mean of
 their per-seed samples (an estimate of the posterior mean, which PSNR favours). Writes `ablation.md` (mean +- std over seeds
 of the per-seed means over images: PSNR / SSIM / consistency / seconds per image),
-`ablation.json` and `ablation_grid.png`.
+`ablation.json` and `ablation_grid.png`; an earlier run's three files in --out are kept
+beside them as `ablation_<time>.*`.
 """
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -205,6 +207,25 @@ def write_outputs(results, grid_tiles, args, names, quiet=False):
         print("\n".join(lines))
 
 
+OUTPUTS = ("ablation.md", "ablation.json", "ablation_grid.png")
+
+
+def keep_earlier(out: Path) -> Optional[str]:
+    """Move an earlier run's tables aside (ablation_<time>.md, ...) instead of writing over them;
+    returns the kept markdown's name, or None when there was nothing."""
+    if not (out / "ablation.json").is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime((out / "ablation.json").stat().st_mtime))
+    suffix, n = stamp, 1
+    while any((out / name.replace("ablation", f"ablation_{suffix}", 1)).exists() for name in OUTPUTS):
+        n += 1
+        suffix = f"{stamp}-{n}"
+    for name in OUTPUTS:
+        if (out / name).exists():
+            os.replace(out / name, out / name.replace("ablation", f"ablation_{suffix}", 1))
+    return f"ablation_{suffix}.md"
+
+
 def check_args(args) -> None:
     """Refuse impossible values in one line before the model, the images or a classical row runs."""
     if not 1 <= args.steps <= 1000:
@@ -249,6 +270,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         check_args(args)
+        kept = keep_earlier(Path(args.out))
+        if kept:
+            print(f"note: the earlier ablation in {args.out} was kept as {kept}", file=sys.stderr)
         run(args, write=lambda results, tiles, names: write_outputs(results, tiles, args, names, quiet=True))
     except (ValueError, InputError, CheckpointError, OSError) as e:   # DatasetError is an InputError
         print(f"error: {e}", file=sys.stderr)

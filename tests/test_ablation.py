@@ -1,5 +1,6 @@
 """The ablation script end to end on the committed demo prior (2 steps, 2 tasks, 2 rows)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,25 @@ def test_ctrl_c_in_the_ablation_is_one_line(tmp_path, capsys, monkeypatch):
     assert ablation.main(["--out", str(tmp_path / "ab"), "--steps", "2", "--seeds", "0"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"interrupted: the rows finished so far are in {tmp_path / 'ab' / 'ablation.md'}"]
+
+
+def test_a_rerun_keeps_the_earlier_tables_beside_the_new_ones(tmp_path, capsys, monkeypatch):
+    import runners.ablation as ablation
+
+    out = tmp_path / "ab"
+    out.mkdir()
+    for name, text in (("ablation.md", "old table"), ("ablation.json", "{}"), ("ablation_grid.png", "png")):
+        (out / name).write_text(text)
+
+    def fake_run(args, write):
+        (Path(args.out) / "ablation.md").write_text("new table")
+        (Path(args.out) / "ablation.json").write_text("{}")
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    for _ in range(2):
+        assert ablation.main(["--out", str(out), "--steps", "2", "--seeds", "0"]) == 0
+    err = capsys.readouterr().err
+    kept = sorted(p.name for p in out.glob("ablation_*.md"))
+    assert len(kept) == 2 and err.count("was kept as") == 2
+    assert sorted((out / k).read_text() for k in kept) == ["new table", "old table"]
+    assert (out / "ablation.md").read_text() == "new table"
