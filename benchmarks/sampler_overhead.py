@@ -124,6 +124,14 @@ def project_loop(op, y, x_T, steps, eta, device, noise=None):
     return sample(make_denoiser(zero_eps), DDNMRule(op, y, eta), x_T, schedule, levels, noise)
 
 
+def _seconds(fn, device) -> float:
+    """Wall time of one call of fn, the device's queue drained."""
+    t0 = time.perf_counter()
+    fn()
+    sync_device(device)
+    return time.perf_counter() - t0
+
+
 def round_seconds(fns, device, repeat):
     """`repeat` rounds of timed calls, each of fns once per round (after one untimed
     warm-up call each): a list of rounds, each a list of seconds in the order of fns.
@@ -131,18 +139,8 @@ def round_seconds(fns, device, repeat):
     The functions take turns within each round, so a machine whose speed drifts
     (a shared CPU) slows them alike instead of favouring whichever ran first."""
     for fn in fns:
-        fn()
-    sync_device(device)
-    rounds = []
-    for _ in range(repeat):
-        times = []
-        for fn in fns:
-            t0 = time.perf_counter()
-            fn()
-            sync_device(device)
-            times.append(time.perf_counter() - t0)
-        rounds.append(times)
-    return rounds
+        _seconds(fn, device)
+    return [[_seconds(fn, device) for fn in fns] for _ in range(repeat)]
 
 
 def best_seconds(fns, device, repeat, slow=5.0):
@@ -151,21 +149,12 @@ def best_seconds(fns, device, repeat, slow=5.0):
     A function whose untimed warm-up call takes over `slow` seconds is timed once
     (the official block-CS loop takes ~30 s a call on a CPU, and its ratio is
     large enough that best-of-one does not change what it says)."""
-    warm = []
-    for fn in fns:
-        t0 = time.perf_counter()
-        fn()
-        sync_device(device)
-        warm.append(time.perf_counter() - t0)
+    warm = [_seconds(fn, device) for fn in fns]
     best = [float("inf")] * len(fns)
     for r in range(repeat):
         for k, fn in enumerate(fns):
-            if r > 0 and warm[k] > slow:
-                continue
-            t0 = time.perf_counter()
-            fn()
-            sync_device(device)
-            best[k] = min(best[k], time.perf_counter() - t0)
+            if r == 0 or warm[k] <= slow:
+                best[k] = min(best[k], _seconds(fn, device))
     return best
 
 
