@@ -50,6 +50,14 @@ class _Generic:
     def Ut(self, vec):
         return vec.clone().reshape(vec.shape[0], -1)
 
+    def singulars(self):
+        """The classes whose singular values are one fixed vector keep it as `s`."""
+        return self.s
+
+    def add_zeros(self, vec):
+        """Zero-pad to the image's size C*H*W (the classes whose spectrum is the image's)."""
+        return self._zero_padded(vec, self.C * self.n * self.n)
+
     def _zero_padded(self, vec, size):
         flat = vec.clone().reshape(vec.shape[0], -1)
         out = torch.zeros(vec.shape[0], size, device=vec.device)
@@ -226,9 +234,6 @@ class ColorizationStyle(_Generic):
     def singulars(self):
         return self.s_small.repeat(self.n * self.n)
 
-    def add_zeros(self, vec):
-        return self._zero_padded(vec, self.C * self.n * self.n)
-
 
 class WalshHadamardStyle(_Generic):
     def __init__(self, op: WalshHadamardCS):
@@ -257,12 +262,6 @@ class WalshHadamardStyle(_Generic):
 
     def Vt(self, vec):
         return self.fwht(vec.clone())[:, :, self.perm].permute(0, 2, 1).reshape(vec.shape[0], -1)
-
-    def singulars(self):
-        return self.s
-
-    def add_zeros(self, vec):
-        return self._zero_padded(vec, self.C * self.n * self.n)
 
 
 class BlockCSStyle(_Generic):
@@ -298,9 +297,6 @@ class BlockCSStyle(_Generic):
     def singulars(self):
         return self.s_small.repeat(self.C * self.k * self.k)
 
-    def add_zeros(self, vec):
-        return self._zero_padded(vec, self.C * self.n * self.n)
-
 
 class InpaintingStyle(_Generic):
     def __init__(self, op: Inpainting):
@@ -328,12 +324,6 @@ class InpaintingStyle(_Generic):
         out[:, K:] = temp[:, self.missing]
         return out
 
-    def singulars(self):
-        return self.s
-
-    def add_zeros(self, vec):
-        return self._zero_padded(vec, self.C * self.n * self.n)
-
 
 class DenoisingStyle(_Generic):
     def __init__(self, op: Denoising):
@@ -344,9 +334,6 @@ class DenoisingStyle(_Generic):
 
     def Vt(self, vec):
         return vec.clone().reshape(vec.shape[0], -1)
-
-    def singulars(self):
-        return self.s
 
     def add_zeros(self, vec):
         return vec.clone().reshape(vec.shape[0], -1)
