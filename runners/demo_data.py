@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runners.results import UMASK
+
 TRAIN_NAMES = ("astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry", "retina")
 HELD_OUT_NAMES = ("chelsea", "coffee")
 
@@ -59,7 +61,7 @@ def _write_folder(target: Path, make_images) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~FILE_UMASK)     # mkdtemp makes it 0700 whatever the umask
+        os.chmod(tmp, 0o777 & ~UMASK)     # mkdtemp makes it 0700 whatever the umask
         for stem, img in make_images().items():
             Image.fromarray(img).save(tmp / f"{stem}.png", format="PNG")
         try:
@@ -70,15 +72,6 @@ def _write_folder(target: Path, make_images) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_UMASK = _umask()
 
 
 def materialise_demo_sets(exp: str = "exp", size: int = 64) -> dict:

@@ -39,8 +39,9 @@ def _umask() -> int:
     return mask
 
 
+UMASK = _umask()
 # mkstemp creates its file 0600 whatever the umask; outputs get what open() would have given them
-FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~UMASK
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -166,23 +167,18 @@ class OutputFolder:
     def write_record(self, record: dict) -> None:
         atomic_write_json(self.record_path(record["name"]), record)
 
-    def remove_stale_temporaries(self, older_than: float = 60.0) -> int:
+    def remove_stale_temporaries(self, older_than: float = 60.0) -> None:
         """Delete the temporary files of writes that a kill cut short (`.<name>.XXXX.tmp`); a write
         holds its temporary for milliseconds, so one older than a minute belongs to no live run."""
         import time
 
-        removed = 0
         for folder in (self.root, self.records_dir, self.apy_dir, self.orig_dir):
-            if not folder.is_dir():
-                continue
-            for p in folder.glob(".*.tmp"):
+            for p in folder.glob(".*.tmp"):     # (a missing folder globs to nothing)
                 try:
                     if time.time() - p.stat().st_mtime > older_than:
                         p.unlink()
-                        removed += 1
                 except OSError:
                     pass
-        return removed
 
     def clear(self) -> None:
         """Forget earlier results (--overwrite): records and summaries; images get rewritten."""

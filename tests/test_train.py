@@ -88,8 +88,8 @@ def test_the_demo_training_set_is_written_on_first_use(tmp_path):
     assert sorted(p.stem for p in paths) == sorted(
         ["astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry", "retina"])
     assert all(im.shape[0] == 3 and 0 <= im.min() and im.max() <= 1 for im in images)
-    from runners.demo_data import FILE_UMASK      # a folder others can read, as mkdir would make it
-    assert (tmp_path / "exp" / "datasets" / "demo_train").stat().st_mode & 0o777 == 0o777 & ~FILE_UMASK
+    from runners.results import UMASK      # a folder others can read, as mkdir would make it
+    assert (tmp_path / "exp" / "datasets" / "demo_train").stat().st_mode & 0o777 == 0o777 & ~UMASK
     with pytest.raises(ValueError, match="no images found"):   # any other missing folder is still an error
         load_folder(str(tmp_path / "elsewhere"))
 
