@@ -17,20 +17,24 @@ class PerImageNoise:
         self.device = device
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
-    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        """A (B, *shape) draw, row i from image i's generator, made on the device.
+    def randn(self, shape, dtype=torch.float32, std: float = 1.0) -> torch.Tensor:
+        """A (B, *shape) draw times std, row i from image i's generator, made on the device.
 
         Each row is filled in place (the numbers torch.randn(shape, generator=g)
-        would give), so no per-image tensors are allocated and then stacked."""
+        would give, times std), so no per-image tensors are allocated and then
+        stacked; the scaling happens inside the draw, not in a second pass."""
         out = torch.empty((len(self.generators),) + tuple(shape), device=self.device, dtype=dtype)
         for row, g in zip(out, self.generators):
-            row.normal_(generator=g)
+            row.normal_(0.0, std, generator=g)
         return out
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn_like_scaled(x, 1.0)
+
+    def randn_like_scaled(self, x: torch.Tensor, std: float) -> torch.Tensor:
         if x.shape[0] != len(self.generators):
             raise ValueError(f"noise source has {len(self.generators)} generators for a batch of {x.shape[0]}")
-        return self.randn(x.shape[1:], dtype=x.dtype)
+        return self.randn(x.shape[1:], dtype=x.dtype, std=std)
 
 
 class ZeroNoise:
@@ -38,6 +42,17 @@ class ZeroNoise:
 
     def randn_like(self, x):
         return torch.zeros_like(x)
+
+
+def scaled_randn_like(noise, x: torch.Tensor, std: float) -> torch.Tensor:
+    """std times a fresh draw like x, as a new tensor the caller may write into.
+
+    In one pass where the source scales while drawing (`randn_like_scaled`), else
+    its randn_like times std: any object with randn_like is a noise source."""
+    scaled = getattr(noise, "randn_like_scaled", None)
+    if scaled is not None:
+        return scaled(x, std)
+    return noise.randn_like(x).mul_(std)
 
 
 def seed_for(seed: int, index: int) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from functions.diffusion import NoiseLevels
 from functions.equivariance import make_denoiser
-from functions.noise import PerImageNoise
+from functions.noise import PerImageNoise, scaled_randn_like
 from functions.schedules import Step, build_schedule
 
 SAMPLERS = ("ddnm", "ddnm_plus", "ddrm")
@@ -42,7 +42,11 @@ class DDNMRule:
 
     def project(self, x0, abar_next):
         """x0 - A^+(A x0 - y), as null_space(x0) + A^+ y with A^+ y formed once
-        (added in place: null_space returns a new tensor)."""
+        (added in place: null_space returns a new tensor). Where A^+ A = I (denoising)
+        the null space is empty and x0_hat is A^+ y itself, shared from step to step
+        (the loop only reads it)."""
+        if self.op.full_rank:
+            return self._pinv_y
         return self.op.null_space(x0).add_(self._pinv_y)
 
     def step(self, x_t, x0, eps, abar_t, abar_next, noise):
@@ -50,8 +54,8 @@ class DDNMRule:
         a, sigma_next = math.sqrt(abar_next), math.sqrt(1 - abar_next)
         c_eps = sigma_next * math.sqrt(1 - self.eta ** 2)
         if self.eta > 0:
-            # the fresh noise draw is the output buffer: scale it, then two fused adds
-            x_next = noise.randn_like(x0).mul_(sigma_next * self.eta).add_(eps, alpha=c_eps)
+            # the fresh noise draw, scaled as it is drawn, is the output buffer: two fused adds
+            x_next = scaled_randn_like(noise, x0, sigma_next * self.eta).add_(eps, alpha=c_eps)
             return x_next.add_(x0_hat, alpha=a), x0_hat
         return torch.mul(x0_hat, a).add_(eps, alpha=c_eps), x0_hat   # in x0_hat's dtype, like the eta > 0 path
 

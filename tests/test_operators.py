@@ -498,3 +498,43 @@ def test_reference_apy_is_the_image_the_official_runner_saves(deg):
         assert torch.allclose(ref[~missing], x[~missing], atol=1e-6)   # y + 1 - 1 in float32
     else:
         assert ref is None
+
+
+@pytest.mark.parametrize("deg", DEGRADATIONS)
+def test_full_rank_flag_says_whether_the_null_space_is_empty(deg):
+    """DDNM's step skips the projection for full_rank operators: the flag must be true exactly
+    when x - A^+ A x vanishes."""
+    op = make(deg, 32)
+    x = rand(2, 3, 32, 32)
+    empty = bool((x - op.A_pinv(op.A(x))).abs().max() <= 1e-9)
+    assert op.full_rank == empty
+
+
+@pytest.mark.parametrize("blur_svd", ["reference", "matched"])
+@pytest.mark.parametrize("deg", ["deblur_uni", "deblur_gauss", "deblur_aniso"])
+def test_blocked_null_space_is_the_dense_projection(deg, blur_svd):
+    """At 256 on a CPU the blur's null_space runs in row blocks over the null coordinates only
+    (deblur.NullBlocks): it must be the dense V_r (N * V_r^T X V_c) V_c^T, and image i's result
+    must not depend on the batch it is in."""
+    op = build_operator(deg, 256, dtype=torch.float64, blur_svd=blur_svd)
+    assert op._null_blocks is not None and len(op._null_blocks.blocks) > 1
+    dense = build_operator(deg, 256, dtype=torch.float64, blur_svd=blur_svd, null_blocks=False)
+    assert dense._null_blocks is None
+    x = rand(3, 3, 256, 256)
+    null = op.null_space(x)
+    assert max_err(null, dense.null_space(x)) <= 1e-12 * x.abs().max()
+    assert max_err(null, x - op.A_pinv(op.A(x))) <= 1e-9 * x.abs().max()
+    assert torch.equal(op.null_space(x[1:2]), null[1:2])
+    before = x.clone()
+    null.add_(1.0)
+    assert torch.equal(x, before)
+
+
+def test_null_blocks_cover_every_null_coordinate_at_any_height():
+    """Small blocks (many of them, ragged last block) at 64 give the same projection."""
+    from functions.operators.deblur import NullBlocks
+    op = build_operator("deblur_aniso", 64, dtype=torch.float64, null_blocks=False)
+    x = rand(2, 3, 64, 64)
+    for height in (1, 5, 64):
+        blocks = NullBlocks(op._Vr, op._Vc, op._null_grid, height)
+        assert max_err(blocks(x), op.null_space(x)) <= 1e-12 * x.abs().max()

@@ -53,7 +53,8 @@ def _cs_ratio(deg_scale) -> float:
 
 def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale=None, device="cpu",
                    dtype=torch.float32, mask=None, seed: int = 0, lambda_mode: str = "reference", *,
-                   perm=None, sensing_matrix=None, blur_svd: str = "reference", kernels=None) -> SVDOperator:
+                   perm=None, sensing_matrix=None, blur_svd: str = "reference", kernels=None,
+                   null_blocks=None) -> SVDOperator:
     """The operator for a reference `--deg` name.
 
     deg_scale: SR factor (int dividing image_size, default 4) for sr_*, CS ratio in
@@ -62,6 +63,8 @@ def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale
     `sensing_matrix` or `mask` inject them. blur_svd: "reference" (the reference's
     singular-value order, see deblur.py) or "matched" (the true truncated blur).
     kernels: override the blur / bicubic kernel(s) (a tensor, or (rows, cols) for blur).
+    null_blocks: blur only; whether null_space works in blocks over the null coordinates
+    (deblur.NullBlocks; None: on a CPU, where it pays).
     """
     if deg not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {deg!r}; valid: {', '.join(DEGRADATIONS)}")
@@ -82,7 +85,7 @@ def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale
         else:
             k_rows, k_cols = kernels
         return SeparableBlur(deg, k_rows, k_cols, image_size, channels, blur_svd=blur_svd,
-                             reference_lambda=deg != "deblur_aniso", **common)
+                             reference_lambda=deg != "deblur_aniso", null_blocks=null_blocks, **common)
     if deg == "colorization":
         return Colorization(image_size, channels, **common)
     if deg == "cs_walshhadamard":

@@ -111,6 +111,8 @@ class SVDOperator:
 
     name: str = "operator"
     has_reference_lambda: bool = False
+    # A^+ A = I (no null space: denoising); DDNM's projection is then A^+ y whatever x0
+    full_rank: bool = False
 
     def __init__(self, image_size: int, channels: int, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference"):

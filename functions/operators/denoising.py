@@ -12,6 +12,7 @@ from .base import SVDOperator, _scalar
 
 class Denoising(SVDOperator):
     name = "denoising"
+    full_rank = True
     has_reference_lambda = True
 
     def __init__(self, image_size: int, channels: int, device="cpu", dtype=torch.float32,
