@@ -173,7 +173,7 @@ def unet_ratio(device, size, steps, repeat):
     with torch.no_grad():
         rounds = round_seconds([run(None), run("alternate")], device, repeat)
         seconds = [min(column) for column in zip(*rounds)]
-        paired = statistics.median(equs / ddnm for ddnm, equs in rounds)
+        paired = statistics.quantiles([equs / ddnm for ddnm, equs in rounds], n=4)   # quartiles
         # what EquS adds on a transformed step, timed alone (steady, unlike two whole runs on a shared
         # machine): flip x_t on the way in and the x0 prediction on the way out, against one forward
         flip = get_transform("hflip")
@@ -183,21 +183,8 @@ def unet_ratio(device, size, steps, repeat):
     return dict(zip(("DDNM", "DDNM-EquS"), seconds)), paired, flips, forward
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--etas", type=float, nargs="+", default=[0.85, 0.0],
-                   help="DDNM eta values to time; at eta > 0 both loops draw one noise image per step")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--unet_size", type=int, default=64)
-    p.add_argument("--unet_steps", type=int, default=20)
-    p.add_argument("--skip_unet", action="store_true")
-    args = p.parse_args()
-    device = torch.device(args.device)
-    print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, {args.size}x{args.size}, batch 1, {args.steps} steps, zero-cost denoiser\n")
+def operator_table(args, device):
+    """Part 1: per operator, ms per step of this project's loop and the official loop."""
     x_noise = torch.empty(1, 3, args.size, args.size, device=device)
     noise_ms = 1000 * best_seconds([lambda: x_noise.normal_()], device, 20)[0]
     print(f"One 1x3x{args.size}x{args.size} noise draw (torch.randn, shared by both loops at eta > 0): "
@@ -227,15 +214,38 @@ def main():
             if eta > 0:
                 cells.append(f"{ms[3]:.2f} / {ms[4]:.2f} | {ms[4] / ms[3]:.1f}x")
         print(f"| {deg} | {' | '.join(cells)} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--etas", type=float, nargs="+", default=[0.85, 0.0],
+                   help="DDNM eta values to time; at eta > 0 both loops draw one noise image per step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--unet_size", type=int, default=64)
+    p.add_argument("--unet_steps", type=int, default=20)
+    p.add_argument("--unet_repeat", type=int, default=21,
+                   help="paired rounds of the EquS / DDNM comparison (whole runs scatter by several percent "
+                        "on a shared machine; the median of many pairs does not)")
+    p.add_argument("--skip_unet", action="store_true")
+    p.add_argument("--skip_operators", action="store_true", help="only the EquS / DDNM comparison")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}, {args.size}x{args.size}, batch 1, {args.steps} steps, zero-cost denoiser\n")
+    if not args.skip_operators:
+        operator_table(args, device)
     if not args.skip_unet:
-        times, paired, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.repeat)
+        times, paired, flips, forward = unet_ratio(device, args.unet_size, args.unet_steps, args.unet_repeat)
         print(f"\nDemo UNet (random weights), {args.unet_size}x{args.unet_size}, {args.unet_steps} steps, sr_averagepooling x4:")
         print("| sampler | seconds | ratio to DDNM |")
         print("|---|---|---|")
         for name, sec in times.items():
             print(f"| {name} | {sec:.2f} | {sec / times['DDNM']:.3f} |")
-        print(f"\nMedian over the {args.repeat} rounds of EquS / DDNM within a round (each round runs both, in "
-              f"turn): {paired:.3f}")
+        print(f"\nEquS / DDNM within a round (each round runs both, in turn), over {args.unet_repeat} rounds: "
+              f"median {paired[1]:.3f}, quartiles {paired[0]:.3f} and {paired[2]:.3f}")
         print(f"EquS's own work per transformed step (flip x_t, flip x0 back): {1e6 * flips:.1f} us, "
               f"{100 * flips / forward:.3f}% of one UNet forward ({1000 * forward:.1f} ms); it runs on every "
               f"other step, so its expected wall-time ratio is {1 + flips / forward / 2:.4f}.")

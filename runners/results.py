@@ -181,9 +181,14 @@ class OutputFolder:
                     pass
 
     def clear(self) -> None:
-        """Forget earlier results (--overwrite): records and summaries; images get rewritten."""
+        """Forget earlier results (--overwrite): records, summaries, and the images of every
+        recorded name (so that a new run over another subset leaves no stray earlier images);
+        files no record names are not touched."""
         if self.records_dir.is_dir():
             for p in self.records_dir.glob("*.json"):
+                for image in (self.restored(p.stem), self.apy(p.stem), self.orig(p.stem)):
+                    if image.exists():
+                        image.unlink()
                 p.unlink()
         for p in (self.run_json, self.results_json, self.results_txt, self.grid):
             if p.exists():

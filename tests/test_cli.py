@@ -372,6 +372,25 @@ def test_output_path_is_a_file(tiny, kept, capsys):
     assert (tiny.exp / "image_samples" / "a_file").read_text() == "not a folder"
 
 
+def test_overwrite_discards_the_earlier_images_and_nothing_else(tiny, capsys):
+    """--overwrite over another subset: the earlier run's images go with its records (no stray
+    earlier PNGs beside the new results), a file the user put in the folder stays."""
+    common = ["--path_y", "faces", "--deg", "denoising", "-i", "redo"]
+    assert run_cli(tiny, capsys, *common, "--subset_end", "2")[0] == 0
+    out = folder(tiny, "redo")
+    first = sorted(p.stem for p in out.records_dir.glob("*.json"))
+    assert len(first) == 2 and all(out.restored(n).exists() and out.apy(n).exists() for n in first)
+    (out.root / "notes.txt").write_text("mine")
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_start", "2", "--subset_end", "3", "--overwrite")
+    assert rc == 0, err
+    second = sorted(p.stem for p in out.records_dir.glob("*.json"))
+    assert len(second) == 1 and second[0] not in first
+    assert not any(p.exists() for n in first for p in (out.restored(n), out.apy(n), out.orig(n)))
+    assert all(p.exists() for p in (out.restored(second[0]), out.apy(second[0]), out.orig(second[0])))
+    assert (out.root / "notes.txt").read_text() == "mine"
+    assert results(tiny, "redo")["summary"]["num_images"] == 1
+
+
 def test_changed_settings_need_overwrite(tiny, kept, capsys):
     before = snapshot(kept)
     rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "--subset_end", "1",
