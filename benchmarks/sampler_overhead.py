@@ -173,7 +173,7 @@ def unet_ratio(device, size, steps, repeat):
     with torch.no_grad():
         rounds = round_seconds([run(None), run("alternate")], device, repeat)
         seconds = [min(column) for column in zip(*rounds)]
-        paired = statistics.quantiles([equs / ddnm for ddnm, equs in rounds], n=4)   # quartiles
+        paired = statistics.quantiles([equs / ddnm for ddnm, equs in rounds], n=4, method="inclusive")
         # what EquS adds on a transformed step, timed alone (steady, unlike two whole runs on a shared
         # machine): flip x_t on the way in and the x0 prediction on the way out, against one forward
         flip = get_transform("hflip")
@@ -232,6 +232,8 @@ def main():
     p.add_argument("--skip_unet", action="store_true")
     p.add_argument("--skip_operators", action="store_true", help="only the EquS / DDNM comparison")
     args = p.parse_args()
+    if args.unet_repeat < 2 and not args.skip_unet:
+        p.error("--unet_repeat must be at least 2 (its quartiles need two rounds)")
     device = torch.device(args.device)
     print(f"device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.size}x{args.size}, batch 1, {args.steps} steps, zero-cost denoiser\n")

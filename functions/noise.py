@@ -21,8 +21,9 @@ class PerImageNoise:
         """A (B, *shape) draw times std, row i from image i's generator, made on the device.
 
         Each row is filled in place (the numbers torch.randn(shape, generator=g)
-        would give, times std), so no per-image tensors are allocated and then
-        stacked; the scaling happens inside the draw, not in a second pass."""
+        would give, times std: bit for bit in float32 and float64 for rows of 16 or
+        more numbers), so no per-image tensors are allocated and then stacked; the
+        scaling happens inside the draw, not in a second pass."""
         out = torch.empty((len(self.generators),) + tuple(shape), device=self.device, dtype=dtype)
         for row, g in zip(out, self.generators):
             row.normal_(0.0, std, generator=g)

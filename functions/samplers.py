@@ -36,6 +36,8 @@ class DDNMRule:
     def __init__(self, op, y, eta: float):
         self.op, self.y, self.eta = op, y, float(eta)
         self._pinv_y = op.A_pinv(y)
+        if op.full_rank:     # handed out as x0_hat every step: never a view of the caller's y
+            self._pinv_y = self._pinv_y.clone()
 
     def init(self, x_T, abar_first):
         return x_T
@@ -159,6 +161,9 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
 
     Runs without autograd, so that a model whose weights require grad does not keep
     every step's activations (memory would grow with the number of steps).
+
+    callback(i, step, x, x0_hat) sees the loop's own tensors: treat them as read-only
+    (clone what you keep or change).
     """
     if travel_from not in TRAVEL_FROM:
         raise ValueError(f"travel_from must be one of {TRAVEL_FROM}, got {travel_from!r}")

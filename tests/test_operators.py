@@ -538,3 +538,13 @@ def test_null_blocks_cover_every_null_coordinate_at_any_height():
     for height in (1, 5, 64):
         blocks = NullBlocks(op._Vr, op._Vc, op._null_grid, height)
         assert max_err(blocks(x), op.null_space(x)) <= 1e-12 * x.abs().max()
+
+
+@pytest.mark.parametrize("deg,size", [("deblur_gauss", 8), ("deblur_uni", 9), ("deblur_aniso", 1)])
+def test_blur_without_null_coordinates_has_a_zero_null_space(deg, size):
+    """Small images where nothing is truncated: no blocks, and the projection is zero."""
+    op = build_operator(deg, size)
+    assert not bool(op._null_grid.any()) and op._null_blocks is None
+    x = torch.randn(2, 3, size, size)
+    assert torch.equal(op.null_space(x), torch.zeros_like(x))
+    assert build_operator("deblur_gauss", 256).null_space(torch.zeros(0, 3, 256, 256)).shape == (0, 3, 256, 256)

@@ -4,7 +4,7 @@ import torch
 
 from functions.noise import ZeroNoise, PerImageNoise
 from functions.operators import DEGRADATIONS, build_operator
-from functions.samplers import DDNMPlusRule, SamplerConfig, make_rule, restore
+from functions.samplers import DDNMPlusRule, DDNMRule, SamplerConfig, make_rule, restore
 from tests.reference_blur import reference_machine_angle, rotated_blur
 from tests.gaussian_prior import BETAS, GaussianEps, asymmetric_mean, d4_symmetric_mean
 from tests.shared import fixture
@@ -439,3 +439,15 @@ def test_first_step_error_gain_is_what_a_step_does_to_an_eps_error(steps, kind):
     gain = first_step_error_gain(schedule, levels)
     assert torch.allclose(change.abs(), gain * d[..., 2:6, 2:6].abs(), rtol=1e-3, atol=1e-5)
     assert (gain > 30) == (steps == 5 and kind == "tas")
+
+
+def test_full_rank_projection_never_aliases_the_callers_y():
+    """Denoising's x0_hat is A^+ y every step, handed out as one tensor: a copy, not a view of y."""
+    op = build_operator("denoising", 16)
+    y = torch.rand(1, 3 * 16 * 16) * 2 - 1
+    before = y.clone()
+    rule = DDNMRule(op, y, 0.85)
+    x0_hat = rule.project(torch.zeros(1, 3, 16, 16), 0.5)
+    assert torch.equal(x0_hat.reshape(1, -1), y)
+    x0_hat.add_(1.0)
+    assert torch.equal(y, before)

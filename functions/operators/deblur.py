@@ -117,7 +117,10 @@ class NullBlocks:
 
     @classmethod
     def plan(cls, Vr, Vc, null_grid):
-        """The cheapest block height by `macs`, or None when the dense products are cheaper."""
+        """The cheapest block height by `macs`, or None when the dense products are cheaper or
+        there are no null coordinates (small images where nothing is truncated)."""
+        if not bool(null_grid.any()):
+            return None
         costs = {h: cls.macs(null_grid, h) for h in NULL_BLOCK_HEIGHTS}
         height = min(costs, key=lambda h: costs[h][0])
         blocked, dense = costs[height]
@@ -125,6 +128,8 @@ class NullBlocks:
 
     def __call__(self, X):
         # image by image: the products' shapes then do not depend on the batch, nor does the rounding
+        if X.shape[0] == 0:
+            return torch.empty_like(X)
         return torch.stack([self._one(image) for image in X])
 
     def _one(self, image):
