@@ -700,27 +700,39 @@ def execute(plan: Plan) -> Optional[Dict]:
     if ctx.world_size > 1:
         LOG.info(f"{ctx.world_size} processes ({ctx.backend}); {len(mine)} image(s) on rank {ctx.rank} ({plan.device})")
 
+    lock, busy = None, None
     if ctx.is_main:
-        if args.overwrite:
-            out.clear()
-        out.remove_stale_temporaries()
         out.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
-                                         "checkpoint": model_path, "checkpoint_id": model_id,
-                                         "command": "python main.py " + shlex.join(plan.argv)})
-    ctx.barrier()
-    if mine:
-        _restore_all(plan, eps_model, mine, earlier_psnr if ctx.is_main else [], len(pending))
-    written = [name for names in ctx.all_gather([it.name for it in mine]) for name in names]
-    if not ctx.is_main:
-        return None
-    results = finalize(plan, model_path, fid=not args.no_fid)
-    missing = sorted(set(written) - {r["name"] for r in results["images"]})
-    if missing:
-        LOG.warning(f"warning: {len(missing)} image(s) restored by other ranks are not visible here "
-                    f"(e.g. {missing[0]}); the output folder must be shared by all nodes")
-    LOG.info(comparison_table(results["summary"]))
-    return results
+        lock = out.lock()
+        if lock is None:
+            busy = (f"another run is writing to {out.root} now; wait for it to finish (then this command "
+                    f"resumes what is left), or choose another -i")
+    if any(ctx.all_gather(busy)):     # on every rank (also the barrier before anyone writes)
+        raise InputError(busy or f"another run is writing to {out.root} now")
+    try:
+        if ctx.is_main:
+            if args.overwrite:
+                out.clear()
+            out.remove_stale_temporaries()
+            atomic_write_json(out.run_json, {"fingerprint": plan.fingerprint, "settings": plan.settings,
+                                             "checkpoint": model_path, "checkpoint_id": model_id,
+                                             "command": "python main.py " + shlex.join(plan.argv)})
+        ctx.barrier()
+        if mine:
+            _restore_all(plan, eps_model, mine, earlier_psnr if ctx.is_main else [], len(pending))
+        written = [name for names in ctx.all_gather([it.name for it in mine]) for name in names]
+        if not ctx.is_main:
+            return None
+        results = finalize(plan, model_path, fid=not args.no_fid)
+        missing = sorted(set(written) - {r["name"] for r in results["images"]})
+        if missing:
+            LOG.warning(f"warning: {len(missing)} image(s) restored by other ranks are not visible here "
+                        f"(e.g. {missing[0]}); the output folder must be shared by all nodes")
+        LOG.info(comparison_table(results["summary"]))
+        return results
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _check_same_checkpoint(previous: Optional[dict], done: dict, model_path: str) -> str:

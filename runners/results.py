@@ -17,6 +17,10 @@ An image's record is written last, after its images: a record means the image
 is finished. Rerunning the same command skips recorded images; results.json is
 always rebuilt from the records, so records from several processes (a torchrun
 run, see runners/distributed.py) merge by simply sharing the folder.
+
+One run writes to a folder at a time: rank 0 holds an advisory lock on the folder
+(flock on the directory itself, no lock file; the system drops it when the process
+dies), and a second run pointed at a busy folder is refused before it writes.
 """
 import io
 import json
@@ -164,6 +168,10 @@ class OutputFolder:
                     out[p.stem] = rec["fingerprint"]
         return out
 
+    def lock(self) -> Optional["FolderLock"]:
+        """Take the folder (it must exist) for this run, or None when another live run holds it."""
+        return FolderLock.take(self.root)
+
     def write_record(self, record: dict) -> None:
         atomic_write_json(self.record_path(record["name"]), record)
 
@@ -193,6 +201,37 @@ class OutputFolder:
         for p in (self.run_json, self.results_json, self.results_txt, self.grid):
             if p.exists():
                 p.unlink()
+
+
+class FolderLock:
+    """An exclusive flock on a directory; without fcntl (Windows) every take succeeds."""
+
+    def __init__(self, fd: Optional[int]):
+        self.fd = fd
+
+    @classmethod
+    def take(cls, folder: Path) -> Optional["FolderLock"]:
+        try:
+            import fcntl
+        except ImportError:
+            return cls(None)
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:       # a folder this user may write but not read: run unguarded, as before
+            return cls(None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:       # a file system without flock: run unguarded, as before
+            return cls(fd)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)          # closing the descriptor drops the lock
+            self.fd = None
 
 
 def non_finite(metrics: Dict) -> Dict[str, str]:

@@ -391,6 +391,30 @@ def test_overwrite_discards_the_earlier_images_and_nothing_else(tiny, capsys):
     assert results(tiny, "redo")["summary"]["num_images"] == 1
 
 
+def test_a_busy_folder_is_refused_before_anything_is_written(tiny, capsys):
+    """A second run pointed at a folder that a live run holds: one line, exit 2, nothing changed;
+    once the first run is gone the same command resumes."""
+    fcntl = pytest.importorskip("fcntl")
+    common = ["--path_y", "faces", "--deg", "sr_averagepooling", "-i", "busy"]
+    assert run_cli(tiny, capsys, *common, "--subset_end", "1")[0] == 0
+    root = folder(tiny, "busy").root
+    before = snapshot(root)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # what a running main.py holds
+        rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2")
+        line = _one_line(err)
+        assert rc == 2 and "another run is writing to" in line and "choose another -i" in line
+        rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2", "--overwrite")
+        assert rc == 2 and "another run is writing to" in _one_line(err)
+        assert snapshot(root) == before
+    finally:
+        os.close(fd)
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2")
+    assert rc == 0, err
+    assert results(tiny, "busy")["summary"]["num_images"] == 2
+
+
 def test_changed_settings_need_overwrite(tiny, kept, capsys):
     before = snapshot(kept)
     rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "--subset_end", "1",
