@@ -85,8 +85,9 @@ def build_schedule(steps: int, kind: str = "uniform", num_timesteps: int = 1000,
     """
     if kind not in TABLES:
         raise ValueError(f"schedule '{kind}' is unknown; choose one of: {', '.join(SCHEDULES)}")
-    if steps < 1 or steps > num_timesteps:
-        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    if int(steps) != steps or steps < 1 or steps > num_timesteps:
+        raise ValueError(f"steps must be an integer in [1, {num_timesteps}], got {steps}")
+    steps = int(steps)
     if kind == "uniform":
         table = uniform_timesteps(steps, num_timesteps)
     elif kind == "uniform_ddrm":

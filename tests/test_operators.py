@@ -548,3 +548,13 @@ def test_blur_without_null_coordinates_has_a_zero_null_space(deg, size):
     x = torch.randn(2, 3, size, size)
     assert torch.equal(op.null_space(x), torch.zeros_like(x))
     assert build_operator("deblur_gauss", 256).null_space(torch.zeros(0, 3, 256, 256)).shape == (0, 3, 256, 256)
+
+
+def test_float_sizes_and_non_finite_factors():
+    """A whole-number float size works like the int; an infinite or NaN SR factor is the usual error."""
+    op = build_operator("inpainting", 8.0, 3.0)
+    assert op.image_size == 8 and isinstance(op.image_size, int) and op.channels == 3
+    assert build_operator("deblur_gauss", 8, 3.0).A(torch.zeros(1, 3, 8, 8)).shape == (1, 192)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="SR factor"):
+            build_operator("sr_averagepooling", 8, deg_scale=bad)

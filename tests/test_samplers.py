@@ -451,3 +451,40 @@ def test_full_rank_projection_never_aliases_the_callers_y():
     assert torch.equal(x0_hat.reshape(1, -1), y)
     x0_hat.add_(1.0)
     assert torch.equal(y, before)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_ddrm_starts_at_the_right_scale_with_few_steps(steps):
+    """DDRM's x_T is sqrt(abar_T) (x0 + sigma_T z). The reference's 1 / sigma_T for sqrt(abar_T) is
+    100x too large at t = 0 (one step): the result came out ~100x the image."""
+    op = build_operator("sr_averagepooling", 16, deg_scale=2)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = op.A(x)
+    out = restore(GaussianEps(torch.zeros(1, 3, 16, 16), 0.5), op, y, BETAS,
+                  SamplerConfig(sampler="ddrm", steps=steps), seeds=[0]).x0
+    assert out.abs().max() < 3
+    assert (op.A(out) - y).abs().max() < 0.2
+
+
+@pytest.mark.parametrize("field,value", [("eta", 1.5), ("eta", -0.5), ("eta", float("nan")), ("etaB", 2.0),
+                                         ("sigma_y", float("nan"))])
+def test_sampler_settings_out_of_range_are_refused(field, value):
+    op = build_operator("denoising", 8)
+    y = op.A(torch.zeros(1, 3, 8, 8))
+    cfg = SamplerConfig(steps=2)
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=field):
+        make_rule(cfg, op, y)
+
+
+def test_measurements_of_the_wrong_width_are_refused():
+    op = build_operator("colorization", 8)
+    with pytest.raises(ValueError, match=r"y must be \(batch, 64\)"):
+        restore(lambda x, t: torch.zeros_like(x), op, torch.zeros(1, 128), BETAS, SamplerConfig(steps=2))
+
+
+def test_a_fractional_step_count_is_refused():
+    from functions.schedules import build_schedule
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        build_schedule(2.5)
+    assert len(build_schedule(3.0)) == 3

@@ -5,6 +5,8 @@ singulars, add_zeros, Lambda, Lambda_noise, state_dict / load_state_dict.
 One module per family: super_resolution, deblur, colorization,
 compressed_sensing (walsh-hadamard and block-based), inpainting, denoising.
 """
+import math
+
 import torch
 
 from .base import LAMBDA_MODES, SVDOperator
@@ -37,7 +39,7 @@ def blur_kernels(deg: str):
 
 def _sr_factor(deg_scale, image_size: int) -> int:
     f = DEFAULT_SR_FACTOR if deg_scale is None else deg_scale
-    if float(f) != int(float(f)) or int(float(f)) < 1 or image_size % int(float(f)):
+    if not math.isfinite(float(f)) or float(f) != int(float(f)) or int(float(f)) < 1 or image_size % int(float(f)):
         divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
         raise ValueError(f"deg_scale (SR factor) must be an integer dividing image_size {image_size} "
                          f"(one of {divisors}), got {deg_scale}")
@@ -72,6 +74,7 @@ def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale
         raise ValueError(f"image_size must be a positive integer, got {image_size}")
     if int(channels) != channels or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels}")
+    image_size, channels = int(image_size), int(channels)
     common = dict(device=device, dtype=dtype, lambda_mode=lambda_mode)
     if deg == "sr_averagepooling":
         return AveragePoolSR(image_size, channels, _sr_factor(deg_scale, image_size), **common)
