@@ -256,7 +256,7 @@ def make_rule(cfg: SamplerConfig, op, y):
         value = getattr(cfg, name)
         if not 0 <= value <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if y.dim() < 2 or y[0].numel() != op.num_measurements:
+    if y.dim() < 2 or y.shape[0] == 0 or y[0].numel() != op.num_measurements:
         raise ValueError(f"y must be (batch, {op.num_measurements}), the measurements of {op.name} at "
                          f"{op.image_size}x{op.image_size} (op.A(x)), got shape {tuple(y.shape)}")
     if cfg.sampler == "ddrm":

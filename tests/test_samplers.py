@@ -481,6 +481,8 @@ def test_measurements_of_the_wrong_width_are_refused():
     op = build_operator("colorization", 8)
     with pytest.raises(ValueError, match=r"y must be \(batch, 64\)"):
         restore(lambda x, t: torch.zeros_like(x), op, torch.zeros(1, 128), BETAS, SamplerConfig(steps=2))
+    with pytest.raises(ValueError, match="got shape"):      # an empty batch: a clear error, not a reshape crash
+        make_rule(SamplerConfig(steps=2), op, torch.zeros(0, 64))
 
 
 def test_a_fractional_step_count_is_refused():
