@@ -37,7 +37,7 @@ def test_travel_steps_go_back_up_and_end_at_minus_one():
 def test_bad_schedule_arguments():
     with pytest.raises(ValueError, match="schedule 'cosine' is unknown; choose one of: uniform, tas, tas_dedup"):
         build_schedule(10, "cosine")
-    with pytest.raises(ValueError, match="steps must be in"):
+    with pytest.raises(ValueError, match="steps must be an integer in"):
         build_schedule(0)
 
 
