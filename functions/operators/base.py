@@ -34,6 +34,7 @@ when a != 0 and sigma_y != 0 (otherwise Lambda = I and the noise is DDIM's):
              s_i = 0 (or equality):     d1 = sigma_t eta, d2 = sigma_t sqrt(1 - eta^2)
     Lambda_noise(z, eps) = V(d1 * Vt(z) + d2 * Vt(eps))
 """
+import functools
 from contextlib import contextmanager
 from typing import Dict, Union
 
@@ -96,6 +97,22 @@ def inverse_index(idx: torch.Tensor) -> torch.Tensor:
     inv = torch.empty_like(idx)
     inv[idx] = torch.arange(idx.numel(), device=idx.device)
     return inv
+
+
+def per_image(method):
+    """Run a batched operator method image by image.
+
+    A matrix product over a batch folds the images into its row count, and the
+    matrix kernels round the rows differently for different counts at some sizes
+    (odd blur sizes, bicubic SR with an odd n / factor, block CS at 32): image i's
+    result then moves in the last float bit with the batch it is in. One image at a
+    time the shapes, and so the bits, do not depend on the batch."""
+    @functools.wraps(method)
+    def batched(self, v, *args, **kwargs):
+        if v.shape[0] <= 1:
+            return method(self, v, *args, **kwargs)
+        return torch.cat([method(self, v[i:i + 1], *args, **kwargs) for i in range(v.shape[0])])
+    return batched
 
 
 def _scalar(v: Scalar, like: torch.Tensor) -> torch.Tensor:

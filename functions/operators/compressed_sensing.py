@@ -24,7 +24,7 @@ which only Vt / V / Lambda need, on first use.
 import numpy as np
 import torch
 
-from .base import SVDOperator, interleaved_index, inverse_index, single_thread
+from .base import SVDOperator, interleaved_index, inverse_index, per_image, single_thread
 
 BLOCK = 32
 
@@ -239,11 +239,13 @@ class BlockCS(SVDOperator):
         B, C, n, k = p.shape[0], self.channels, self.image_size, self.image_size // BLOCK
         return p.reshape(B, C, k, k, BLOCK, BLOCK).permute(0, 1, 2, 4, 3, 5).reshape(B, C, n, n)
 
+    @per_image
     def Vt(self, x):
         c = self._blocks(x) @ self.sensing_matrix
         B, mb = c.shape[0], self.block_measurements
         return torch.cat([c[..., :mb].reshape(B, -1), c[..., mb:].reshape(B, -1)], dim=1)
 
+    @per_image
     def V(self, v):
         v = self._flat(v)
         B, C, P, mb = v.shape[0], self.channels, self.blocks, self.block_measurements
@@ -251,14 +253,17 @@ class BlockCS(SVDOperator):
         c = torch.cat([v[:, :split].reshape(B, C, P, mb), v[:, split:].reshape(B, C, P, -1)], dim=3)
         return self._unblock(c @ self.sensing_matrix.T)
 
+    @per_image
     def A(self, x):
         y = self._blocks(x) @ self._rows
         return y.reshape(y.shape[0], -1)
 
+    @per_image
     def At(self, y):
         y = self._flat(y)
         return self._unblock(y.reshape(y.shape[0], self.channels, self.blocks, -1) @ self._rows.T)
 
+    @per_image
     def A_pinv(self, y):
         return self.At(y)
 

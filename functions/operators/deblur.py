@@ -43,7 +43,7 @@ coordinates, then, per block of such rows, only the columns that block needs.
 """
 import torch
 
-from .base import SVDOperator, interleaved_index, inverse_index, reference_svd
+from .base import SVDOperator, interleaved_index, inverse_index, per_image, reference_svd
 
 TRUNCATE_BELOW = 3e-2
 BLUR_SVD_MODES = ("reference", "matched")
@@ -214,28 +214,36 @@ class SeparableBlur(SVDOperator):
         n = self.image_size
         return v.index_select(1, self._inv).reshape(v.shape[0], self.channels, n, n)
 
+    @per_image
     def Vt(self, x):
         return self._to_vec(self._Vr.T @ self._image(x) @ self._Vc)
 
+    @per_image
     def V(self, v):
         return self._Vr @ self._to_grid(v) @ self._Vc.T
 
+    @per_image
     def Ut(self, y):
         return self._to_vec(self._Ur.T @ self._image(y) @ self._Uc)
 
+    @per_image
     def U(self, y):
         return (self._Ur @ self._to_grid(y) @ self._Uc.T).reshape(y.shape[0], -1)
 
+    @per_image
     def A(self, x):
         x = self._image(x)
         return (self._Ur @ (self._grid * (self._Vr.T @ x @ self._Vc)) @ self._Uc.T).reshape(x.shape[0], -1)
 
+    @per_image
     def At(self, y):
         return self._Vr @ (self._grid * (self._Ur.T @ self._image(y) @ self._Uc)) @ self._Vc.T
 
+    @per_image
     def A_pinv(self, y):
         return self._Vr @ (self._grid_pinv * (self._Ur.T @ self._image(y) @ self._Uc)) @ self._Vc.T
 
+    @per_image
     def null_space(self, x):
         """V ((G == 0) * V^T x): four matrix products instead of A's four and A^+'s four, on a CPU
         only over the rows and columns that hold null coordinates (`NullBlocks`)."""

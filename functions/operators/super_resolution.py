@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import SVDOperator, reference_svd
+from .base import SVDOperator, per_image, reference_svd
 
 TRUNCATE_BELOW = 3e-2  # reference SRConv / Deblurring: singular values below this are zeroed
 
@@ -153,6 +153,7 @@ class BicubicSR(SVDOperator):
     def singulars(self):
         return self._s
 
+    @per_image
     def Vt(self, x):
         x = self._image(x)
         B, C, k = x.shape[0], self.channels, self.small
@@ -161,6 +162,7 @@ class BicubicSR(SVDOperator):
                  T[:, :, k:, :].reshape(B, C, -1)]
         return torch.cat(parts, dim=2).permute(0, 2, 1).reshape(B, -1)
 
+    @per_image
     def V(self, v):
         v = self._flat(v)
         B, C, n, k = v.shape[0], self.channels, self.image_size, self.small
@@ -174,22 +176,27 @@ class BicubicSR(SVDOperator):
     def _small_image(self, y):
         return self._flat(y).reshape(-1, self.channels, self.small, self.small)
 
+    @per_image
     def U(self, y):
         B, C, k = y.shape[0], self.channels, self.small
         t = self._flat(y).reshape(B, k * k, C).permute(0, 2, 1).reshape(B, C, k, k)
         return (self._U_small @ t @ self._U_small.T).reshape(B, -1)
 
+    @per_image
     def Ut(self, y):
         B, C = y.shape[0], self.channels
         t = self._U_small.T @ self._small_image(y) @ self._U_small
         return t.reshape(B, C, -1).permute(0, 2, 1).reshape(B, -1)
 
+    @per_image
     def A(self, x):
         x = self._image(x)
         return (self._A1 @ x @ self._A1.T).reshape(x.shape[0], -1)
 
+    @per_image
     def At(self, y):
         return self._A1.T @ self._small_image(y) @ self._A1
 
+    @per_image
     def A_pinv(self, y):
         return self._A1_pinv @ self._small_image(y) @ self._A1_pinv.T
