@@ -586,3 +586,14 @@ def test_an_images_result_does_not_depend_on_its_batch(deg, size):
                       ("U", y)):
         f = getattr(op, name)
         assert torch.equal(f(arg)[1:2], f(arg[1:2])), name
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_average_pooling_svd_is_exact_in_float64(factor):
+    """U s V^T is avg_pool to double precision at every factor (factor 2's float32 SVD left 1e-7)."""
+    n = 6 * factor
+    op = build_operator("sr_averagepooling", n, deg_scale=factor, dtype=torch.float64)
+    x = rand(2, 3, n, n)
+    s = op.singulars()
+    assert max_err(op.U(s * op.Vt(x)[:, : s.numel()]), op.A(x)) <= 1e-14
+    assert max_err(op.V(op.Vt(x)), x) <= 1e-13

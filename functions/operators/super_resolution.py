@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import SVDOperator, per_image, reference_svd
+from .base import SVDOperator, _orthonormalise, per_image, reference_svd
 
 TRUNCATE_BELOW = 3e-2  # reference SRConv / Deblurring: singular values below this are zeroed
 
@@ -36,6 +36,14 @@ class AveragePoolSR(SVDOperator):
         self.factor = r = int(factor)
         self.small = image_size // r
         U, S, V = reference_svd(torch.full((1, r * r), 1.0 / r ** 2), dtype)
+        if dtype == torch.float64:
+            # the exact factors, so that U s V^T is avg_pool to double precision: the pooling row's
+            # singular vector is the constant 1/r (sign kept), its singular value 1/r, and the rest
+            # of V re-orthonormalised against it (the float32 SVD gives 0.5000000447 for r = 2)
+            V = V.clone()
+            V[:, 0] = torch.sign(V[0, 0]) / r
+            V = _orthonormalise(V)
+            S = torch.full_like(S, 1.0 / r)
         self._u = float(U[0, 0])
         self._V_small = self._t(V)
         self._s = self._t(S[:1]).repeat(channels * self.small ** 2)
