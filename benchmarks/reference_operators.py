@@ -183,21 +183,27 @@ class DeblurStyle(_Separable):
     def _permute(self, temp):
         return temp[:, :, self.perm].permute(0, 2, 1).reshape(temp.shape[0], -1)
 
+    def _from_spectral(self, rows, cols, vec):
+        """rows X cols^T of the unpermuted coordinates (the official V and U)."""
+        out = self._left(rows, self._unpermute(vec), self.n)
+        return self._right(out, cols.T, self.n).reshape(vec.shape[0], -1)
+
+    def _to_spectral(self, rows, cols, vec):
+        """rows^T X cols, permuted to the sorted order (the official Vt and Ut)."""
+        temp = self._left(rows.T, vec.clone(), self.n)
+        return self._permute(self._right(temp, cols, self.n).reshape(vec.shape[0], self.C, -1))
+
     def V(self, vec):
-        out = self._left(self.Vr, self._unpermute(vec), self.n)
-        return self._right(out, self.Vc.T, self.n).reshape(vec.shape[0], -1)
+        return self._from_spectral(self.Vr, self.Vc, vec)
 
     def Vt(self, vec):
-        temp = self._left(self.Vr.T, vec.clone(), self.n)
-        return self._permute(self._right(temp, self.Vc, self.n).reshape(vec.shape[0], self.C, -1))
+        return self._to_spectral(self.Vr, self.Vc, vec)
 
     def U(self, vec):
-        out = self._left(self.Ur, self._unpermute(vec), self.n)
-        return self._right(out, self.Uc.T, self.n).reshape(vec.shape[0], -1)
+        return self._from_spectral(self.Ur, self.Uc, vec)
 
     def Ut(self, vec):
-        temp = self._left(self.Ur.T, vec.clone(), self.n)
-        return self._permute(self._right(temp, self.Uc, self.n).reshape(vec.shape[0], self.C, -1))
+        return self._to_spectral(self.Ur, self.Uc, vec)
 
     def singulars(self):
         return self.s_sorted.repeat(1, 3).reshape(-1)

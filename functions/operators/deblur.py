@@ -126,11 +126,12 @@ class NullBlocks:
         blocked, dense = costs[height]
         return cls(Vr, Vc, null_grid, height) if blocked < 0.9 * dense else None
 
+    @per_image
     def __call__(self, X):
-        # image by image: the products' shapes then do not depend on the batch, nor does the rounding
+        # image by image (per_image): the products' shapes then do not depend on the batch, nor does the rounding
         if X.shape[0] == 0:
             return torch.empty_like(X)
-        return torch.stack([self._one(image) for image in X])
+        return self._one(X[0]).contiguous()[None]
 
     def _one(self, image):
         C, n, _ = image.shape
