@@ -55,8 +55,9 @@ class DDNMRule:
         x0_hat = self.project(x0, abar_next)
         a, sigma_next = math.sqrt(abar_next), math.sqrt(1 - abar_next)
         c_eps = sigma_next * math.sqrt(1 - self.eta ** 2)
-        if self.eta > 0:
+        if self.eta > 0 and sigma_next > 0:
             # the fresh noise draw, scaled as it is drawn, is the output buffer: two fused adds
+            # (none at the last step, t_next = -1, where its scale sigma_next eta is 0)
             x_next = scaled_randn_like(noise, x0, sigma_next * self.eta).add_(eps, alpha=c_eps)
             return x_next.add_(x0_hat, alpha=a), x0_hat
         return torch.mul(x0_hat, a).add_(eps, alpha=c_eps), x0_hat   # in x0_hat's dtype, like the eta > 0 path

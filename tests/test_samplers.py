@@ -490,3 +490,30 @@ def test_a_fractional_step_count_is_refused():
     with pytest.raises(ValueError, match="steps must be an integer"):
         build_schedule(2.5)
     assert len(build_schedule(3.0)) == 3
+
+
+def test_ddnm_draws_no_noise_for_the_last_step_where_its_scale_is_zero():
+    """At t_next = -1 the eta noise is scaled by sqrt(1 - abar_next) eta = 0: DDNM draws it on
+    every step but that one, and the last x is that step's x0_hat exactly."""
+    from functions.diffusion import NoiseLevels
+    from functions.equivariance import make_denoiser
+    from functions.samplers import sample
+    from functions.schedules import build_schedule
+
+    class Counting(PerImageNoise):
+        draws = 0
+
+        def randn(self, shape, dtype=torch.float32, std=1.0):
+            Counting.draws += 1
+            return super().randn(shape, dtype, std)
+
+    op = _op("sr_averagepooling")
+    x = asymmetric_mean(SIZE, seed=2)
+    y = op.A(x)
+    seen = []
+    out = sample(make_denoiser(GaussianEps(asymmetric_mean(SIZE), 0.3)), DDNMRule(op, y, 0.85), torch.randn(1, 3, SIZE, SIZE),
+                 build_schedule(7, "uniform"), NoiseLevels(BETAS), Counting([5]),
+                 callback=lambda i, step, x, x0_hat: seen.append((step.t_next, x0_hat.clone())))
+    assert Counting.draws == 6
+    assert seen[-1][0] == -1 and torch.equal(out, seen[-1][1])
+    assert (op.A(out) - y).abs().max() <= 1e-4
