@@ -24,6 +24,13 @@ def make_betas(diffusion_cfg: dict) -> torch.Tensor:
     raise ValueError(f"diffusion.beta_schedule '{schedule}' is not supported; choose one of: linear, quad, const")
 
 
+def diffuse(x0: torch.Tensor, abar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps: a draw of q(x_t | x0) for a given eps, the
+    input a denoiser is trained on (its target is eps), and what the sampler's x0 prediction
+    (x_t - sqrt(1 - abar) eps) / sqrt(abar) inverts."""
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
 class NoiseLevels:
     """abar(t) = prod_{s<=t} (1 - beta_s), with abar(-1) = 1.
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from functions.diffusion import make_betas
+from functions.diffusion import diffuse, make_betas
 from runners.cli import OneLineParser
 from runners.data import DatasetError, _to_rgb
 from runners.restoration import resolve_device
@@ -379,8 +379,7 @@ def train(args) -> dict:
             x0 = bank.sample(args.batch_size, g_noise) if bank is not None else crops.sample(args.batch_size).to(device)
             t = torch.randint(0, abar.numel(), (x0.shape[0],), generator=g_noise, device=device)
             eps = torch.randn(x0.shape, generator=g_noise, device=device)
-            a = abar[t].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            x_t = diffuse(x0, abar[t].view(-1, 1, 1, 1), eps)
             if args.channels_last:
                 x_t = x_t.contiguous(memory_format=torch.channels_last)
             with autocast:

@@ -804,3 +804,100 @@ def test_evaluation_sh_runs_every_line_and_exits_1_when_one_failed(tmp_path, fai
     assert calls.count("main.py") == 62 and calls[-1] == "-m"          # every run, then the summary
     assert proc.returncode == (1 if failing else 0), proc.stderr
     assert (f"{failing} command(s) failed" in proc.stderr) == bool(failing)
+
+
+# ------------------------------------------------------------------ flags that change the numbers
+
+def _plan(tiny, *args):
+    argv = ["--ni", "--config", tiny.config, "--exp", str(tiny.exp), *FAST, *map(str, args)]
+    parsed = cli.build_parser().parse_args(argv)
+    return restoration.make_plan(parsed, argv, device_name="cpu")
+
+
+@pytest.mark.parametrize("flags, field, value", [
+    (["--steps", "7"], "steps", 7),
+    (["--timesteps", "7"], "steps", 7),                       # the reference's name for it
+    (["--sampler", "ddrm", "--etaB", "0.4"], "etaB", 0.4),
+    (["--eta", "0.3"], "eta", 0.3),
+    (["--EquS", "--schedule", "tas_dedup"], "schedule", "tas_dedup"),
+    (["--EquSplus"], "schedule", "tas"),
+    (["--EquS", "--eps_mapping", "consistent"], "eps_mapping", "consistent"),
+    (["--EquS", "--transform", "rot90"], "transform", "rot90"),
+    (["--equs_mode", "average", "--transform", "d4"], "equs", "average"),
+    (["--sigma_y", "0.05"], "sigma_y", 0.1),                  # doubled into the model's [-1, 1] space
+])
+def test_sampling_flags_reach_the_sampler(tiny, flags, field, value):
+    cfg = _plan(tiny, "--path_y", "faces", "--deg", "deblur_gauss", *flags, "-i", "flags").sampler_cfg
+    assert getattr(cfg, field) == pytest.approx(value) if isinstance(value, float) else getattr(cfg, field) == value
+    default = _plan(tiny, "--path_y", "faces", "--deg", "deblur_gauss", "-i", "flags").sampler_cfg
+    assert getattr(default, field) != getattr(cfg, field)
+
+
+def test_operator_flags_reach_the_operator(tiny):
+    base = ["--path_y", "faces", "--deg", "deblur_gauss", "-i", "opflags"]
+    default = _plan(tiny, *base).op
+    changed = _plan(tiny, *base, "--lambda_mode", "svd", "--blur_svd", "matched").op
+    assert (default.lambda_mode, default.blur_svd) == ("reference", "reference")
+    assert (changed.lambda_mode, changed.blur_svd) == ("svd", "matched")
+    # and the matched mode pairs the spectral coordinates with other singular values
+    assert not torch.equal(default.singulars(), changed.singulars())
+
+
+def _png(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_the_seed_changes_the_samples_and_a_changed_seed_or_operator_is_not_resumed(tiny, capsys):
+    common = ["--path_y", "faces", "--deg", "deblur_gauss", "--subset_end", "1"]
+    for seed in (1, 2):
+        rc, _, err = run_cli(tiny, capsys, *common, "--seed", seed, "-i", f"seed{seed}")
+        assert rc == 0, err
+    name = results(tiny, "seed1")["images"][0]["name"]
+    a, b = (_png(folder(tiny, f"seed{s}").restored(name)) for s in (1, 2))
+    assert np.abs(a - b).max() > 10                       # another x_T, another null-space content
+    before = snapshot(folder(tiny, "seed1").root)
+    for flags, change in ((["--seed", "2"], "seed: 1 -> 2"),
+                          (["--seed", "1", "--lambda_mode", "svd"], "lambda_mode: 'reference' -> 'svd'"),
+                          (["--seed", "1", "--blur_svd", "matched"], "blur_svd: 'reference' -> 'matched'")):
+        rc, _, err = run_cli(tiny, capsys, *common, *flags, "-i", "seed1")
+        line = _one_line(err)
+        assert rc == 2 and change in line and "--overwrite" in line, line
+    assert snapshot(folder(tiny, "seed1").root) == before
+
+
+def test_saved_pngs_are_the_rounded_restorations(tiny, capsys):
+    """restored.png is round(255 x) of the sampler's output in [0, 1], pixel for pixel (not
+    mirrored, not truncated): against the library's restoration of the same images."""
+    from functions.diffusion import make_betas
+    from functions.noise import seed_for
+    from runners import data as data_mod
+
+    common = ["--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "2", "--subset_end", "2"]
+    rc, _, err = run_cli(tiny, capsys, *common, "-i", "pngs")
+    assert rc == 0, err
+    plan = _plan(tiny, "--steps", "3", *common, "-i", "pngs_check")
+    eps_model, _ = restoration.load_eps_model(plan)
+    x01 = data_mod.load_batch(plan.items, plan.image_size, plan.preprocess)
+    with torch.no_grad():
+        x0 = samplers.restore(eps_model, plan.op, plan.op.A(x01 * 2 - 1), make_betas(plan.config["diffusion"]),
+                              plan.sampler_cfg, seeds=[seed_for(1234, it.index) for it in plan.items]).x0
+    expected = ((x0.reshape(x01.shape).clamp(-1, 1) + 1) / 2 * 255).permute(0, 2, 3, 1).numpy()
+    for it, want in zip(plan.items, expected):
+        got = _png(folder(tiny, "pngs").restored(it.name))
+        assert np.abs(got - want).max() <= 0.5 + 1e-3     # rounded, not truncated nor mirrored
+
+
+def test_add_noise_puts_noise_of_std_sigma_y_on_y(tiny, capsys):
+    """--sigma_y is in [0, 1] image units: with --add_noise, y - A x has that std (the model sees twice it)."""
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "denoising", "--sigma_y", "0.1", "--add_noise",
+                         "-i", "noise_std")
+    assert rc == 0, err
+    out = folder(tiny, "noise_std")
+    diffs = []
+    for rec in results(tiny, "noise_std")["images"]:
+        clean, noisy = _png(out.orig(rec["name"])) / 255, _png(out.apy(rec["name"])) / 255   # A^+ y = y here
+        mid = (clean > 0.35) & (clean < 0.65)             # away from the [0, 1] clipping
+        diffs.append((noisy - clean)[mid])
+    d = np.concatenate(diffs)
+    assert d.size > 1000
+    assert abs(d.mean()) < 0.01 and 0.09 < d.std() < 0.11

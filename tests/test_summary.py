@@ -88,6 +88,13 @@ def test_methods_and_tasks_from_settings():
     assert summary.method_of(_settings(deg="inpainting")) == "DDNM [built-in mask]"
     assert summary.method_of(_settings(deg="inpainting", mask="masks/box.png")) == "DDNM [mask box.png]"
     assert summary.method_of(_settings(deg="inpainting", mask="random:0.5")) == "DDNM [mask random:0.5]"
+    # the operator's and EquS's non-reference variants change the numbers too
+    assert summary.method_of(_settings(deg="deblur_gauss", lambda_mode="svd")) == "DDNM [lambda_mode svd]"
+    assert summary.method_of(_settings(deg="deblur_gauss", blur_svd="matched")) == "DDNM [blur_svd matched]"
+    assert (summary.method_of(_settings(equs="alternate", eps_mapping="consistent"))
+            == "DDNM-EquS [consistent eps]")
+    assert summary.method_of(_settings(equs="alternate", eps_mapping="official", lambda_mode="reference",
+                                       blur_svd="reference")) == "DDNM-EquS"
 
 
 def test_render_places_runs_and_paper_numbers(tmp_path):
