@@ -528,7 +528,8 @@ def _fid(out: OutputFolder, records: List[dict], device) -> Dict:
     baseline = None
     if value is not None:
         baseline = metrics.fid_from_files([str(out.apy(n)) for n in names], orig, device, warn=_warn)
-    return {"fid": value, "baseline_fid": baseline, "fid_num_images": len(names)}
+    # no images counted where FID could not be computed (offline): the count describes the value
+    return {"fid": value, "baseline_fid": baseline, "fid_num_images": len(names) if value is not None else 0}
 
 
 def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:

@@ -496,7 +496,7 @@ def test_offline_metrics_are_null_with_one_warning_each(tiny, capsys):
     else:
         assert s["lpips"] is not None and s["lpips_official"] is not None
     if not metrics.backbone_cached("fid"):
-        assert s["fid"] is None and sum("FID" in w for w in warnings) == 1
+        assert s["fid"] is None and sum("FID" in w for w in warnings) == 1 and s["fid_num_images"] == 0
     assert s["num_images"] == 2 and np.isfinite(s["psnr"])
 
 
@@ -901,3 +901,41 @@ def test_add_noise_puts_noise_of_std_sigma_y_on_y(tiny, capsys):
     d = np.concatenate(diffs)
     assert d.size > 1000
     assert abs(d.mean()) < 0.01 and 0.09 < d.std() < 0.11
+
+
+def test_lpips_and_fid_values_are_wired_to_the_right_images(tiny, capsys, monkeypatch):
+    """Offline stand-ins for the two metrics: each record's lpips is the chosen net's value and
+    lpips_official the official one, of its own restored image against its original; FID is of
+    the restored folder against the originals, and the baseline FID of A^+ y against them."""
+    class FakeLPIPS:
+        def __init__(self, net, device, warn=print):
+            self.net = net
+
+        def correct(self, restored, original):          # stands for the chosen net
+            return (restored - original).abs().flatten(1).mean(1).double()
+
+        def official(self, restored, original):         # stands for VGG on [0, 1] inputs
+            return (restored - original).square().flatten(1).mean(1).double()
+
+    calls = []
+
+    def fake_fid(files_a, files_b, device, warn=print):
+        calls.append(([Path(f) for f in files_a], [Path(f) for f in files_b]))
+        return 10.0 * len(calls)
+
+    monkeypatch.setattr(metrics, "LPIPSMetric", FakeLPIPS)
+    monkeypatch.setattr(metrics, "fid_from_files", fake_fid)
+    rc, _, err = run_cli(tiny, capsys, "--path_y", "faces", "--deg", "sr_averagepooling", "--deg_scale", "2",
+                         "--lpips_net", "alex", "-i", "wired", fast=False)
+    assert rc == 0, err
+    out, res = folder(tiny, "wired"), results(tiny, "wired")
+    names = [r["name"] for r in res["images"]]
+    for rec in res["images"]:
+        restored, orig = _png(out.restored(rec["name"])) / 255, _png(out.orig(rec["name"])) / 255
+        assert rec["lpips"] == pytest.approx(np.abs(restored - orig).mean(), abs=2e-3)
+        assert rec["lpips_official"] == pytest.approx(np.square(restored - orig).mean(), abs=2e-3)
+    assert res["summary"]["lpips"] == pytest.approx(np.mean([r["lpips"] for r in res["images"]]))
+    assert [c[0] for c in calls] == [[out.restored(n) for n in names], [out.apy(n) for n in names]]
+    assert all(c[1] == [out.orig(n) for n in names] for c in calls)
+    assert (res["summary"]["fid"], res["summary"]["baseline"]["fid"]) == (10.0, 20.0)
+    assert res["summary"]["fid_num_images"] == len(names)
