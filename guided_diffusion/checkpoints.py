@@ -72,7 +72,7 @@ def default_checkpoint_path(config: Any, exp: Union[str, Path] = "exp") -> Path:
         return REPO_ROOT / bundled
     rel = cfg_get(cfg_section(config, "model"), "checkpoint", None)
     if not rel:
-        raise CheckpointError("config has no model.checkpoint; pass the checkpoint file explicitly")
+        raise CheckpointError("config has no model.checkpoint; pass the checkpoint file with --ckpt")
     return Path(exp) / rel
 
 
@@ -106,6 +106,8 @@ def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Uni
     """
     if override is not None:
         path = Path(override).expanduser()
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it with --ckpt")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
         _sniff(path)

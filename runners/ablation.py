@@ -92,7 +92,8 @@ def summarise(per_seed):
     out, kept = {}, {}
     for key in ("psnr", "ssim", "consistency", "seconds"):
         means = [float(np.mean(s[key])) for s in per_seed]
-        out[key] = (float(np.mean(means)), float(np.std(means, ddof=1)) if len(means) > 1 else 0.0)
+        # one seed (or a deterministic row) has no sample std: None, printed as the mean alone
+        out[key] = (float(np.mean(means)), float(np.std(means, ddof=1)) if len(means) > 1 else None)
         kept[key] = means
     out["per_seed"] = kept
     return out
@@ -160,13 +161,19 @@ def run(args, write=None):
                 table[mean_row] = dict(summarise([m]), nfe=res.nfe * len(per_seed), seeds=len(per_seed))
                 named.append(mean_row)
             for name in named:
-                print(f"{task:18s} {name:24s} PSNR {table[name]['psnr'][0]:.2f} +- {table[name]['psnr'][1]:.2f}  "
+                print(f"{task:18s} {name:24s} PSNR {_pm(table[name]['psnr'], 2)}  "
                       f"SSIM {table[name]['ssim'][0]:.3f}  Cons {table[name]['consistency'][0]:.3f}  "
                       f"{table[name]['seconds'][0]:.2f} s/img", flush=True)
         grid_tiles.append(tiles)
         if write is not None:
             write(results, grid_tiles, names)   # what is done so far survives an interrupted run
     return results, grid_tiles, names
+
+
+def _pm(pair, digits):
+    """'mean ± std', or the mean alone where there is no std (one seed)."""
+    mean, std = pair
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_outputs(results, grid_tiles, args, names, quiet=False):
@@ -185,7 +192,7 @@ def write_outputs(results, grid_tiles, args, names, quiet=False):
         lines += ["| method | PSNR | SSIM | Cons | NFE | s / image | seeds |",
                   "|---|---|---|---|---|---|---|"]
         for row, r in table.items():
-            lines.append(f"| {row} | {r['psnr'][0]:.2f} ± {r['psnr'][1]:.2f} | {r['ssim'][0]:.3f} ± {r['ssim'][1]:.3f} "
+            lines.append(f"| {row} | {_pm(r['psnr'], 2)} | {_pm(r['ssim'], 3)} "
                          f"| {r['consistency'][0]:.3f} | {r.get('nfe', '-')} | {r['seconds'][0]:.2f} | {r.get('seeds', '-')} |")
         lines.append("")
     tmp = out / "ablation.md.tmp"

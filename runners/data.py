@@ -168,13 +168,14 @@ def list_images(root: Path, list_file: Optional[Path] = None, shuffle_like_refer
 
 
 def select_subset(items: List[ImageItem], start: int = -1, end: int = -1) -> List[ImageItem]:
-    """The reference's `--subset_start/--subset_end` (half-open; -1 means unset)."""
+    """The reference's `--subset_start/--subset_end` (half-open; -1 means unset). An end past the
+    last image means the last image (`--subset_end 100` is "at most 100"), as a slice does."""
     n = len(items)
     lo = 0 if start is None or start < 0 else start
-    hi = n if end is None or end < 0 else end
-    if lo >= n or hi > n or hi <= lo:
+    hi = n if end is None or end < 0 else min(end, n)
+    if lo >= n or hi <= lo:
         raise DatasetError(f"--subset_start {start} / --subset_end {end} select nothing from {n} images "
-                           f"(need 0 <= start < end <= {n})")
+                           f"(need 0 <= start < {n} and start < end)")
     return items[lo:hi]
 
 

@@ -14,7 +14,8 @@ sibling modules. Two phases:
 Randomness is per image and independent of batching: image i (its index in the
 dataset's full order) samples with seed `seed*100003 + i` (x_T and every
 sampler draw) and draws its measurement noise from a CPU generator seeded with
-`seed*100003 + i + 2**32`, so a subset, a resumed run, a different batch size
+`functions.noise.measurement_seed(seed, i)` (a stream apart from x_T's), so a
+subset, a resumed run, a different batch size
 or a different number of processes gives the same result for that image (on
 the same device type; batched convolution kernels may differ from batch-1 ones
 in the last float bits).
@@ -107,6 +108,9 @@ def _check_flags(args) -> None:
     if not (args.sigma_y >= 0 and math.isfinite(args.sigma_y)):
         raise InputError(f"--sigma_y must be a number >= 0 (got {args.sigma_y}); it is the noise std in [0, 1] "
                          f"image units")
+    if args.sigma_y > 1:
+        raise InputError(f"--sigma_y must be at most 1 (got {args.sigma_y:g}): it is the noise std in [0, 1] image "
+                         f"units, so 8-bit noise of std {args.sigma_y:g} is --sigma_y {args.sigma_y / 255:.4g}")
     if not 0.0 <= args.eta <= 1.0:
         raise InputError(f"--eta must be in [0, 1] (got {args.eta})")
     if not 0.0 <= args.etaB <= 1.0:
@@ -303,6 +307,9 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
 
     _check_flags(args)
     config = load_config(args.config)
+    if args.ckpt is not None:   # a file the user names: checked now, before any folder is compared or written
+        from guided_diffusion.checkpoints import resolve_checkpoint
+        resolve_checkpoint(config, args.exp, override=args.ckpt)
     data_cfg = config.get("data", {}) or {}
     image_size, channels = int(data_cfg.get("image_size", 256)), int(data_cfg.get("channels", 3))
     device = resolve_device(args.device if device_name is None else device_name)
@@ -310,6 +317,11 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     sampler_cfg = _sampler_config(args, config)
 
     items = data.build_dataset(args.path_y, args.exp, config, args.subset_start, args.subset_end)
+    # where the output goes, checked before anything about the images' names: an output folder
+    # inside the dataset would read its own results back as inputs
+    out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
+    _check_output_path(out.root)
+    _check_apart(out.root, data.resolve_root(args.path_y, args.exp))
     data.verify_images(items)
     reserved = OutputFolder(Path("."))
     clash = [it for it in items if Path(f"{it.name}.png") == reserved.grid]
@@ -334,9 +346,6 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
                         device=device, dtype=torch.float32, mask=mask, seed=args.seed,
                         lambda_mode=args.lambda_mode, blur_svd=args.blur_svd)
 
-    out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
-    _check_output_path(out.root)
-    _check_apart(out.root, data.resolve_root(args.path_y, args.exp))
 
     model_cfg = {k: config.get(k) for k in ("data", "model", "diffusion")}
     settings = {
@@ -345,7 +354,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         "path_y": args.path_y, "deg": args.deg, "deg_scale": args.deg_scale, "sigma_y": args.sigma_y,
         "add_noise": bool(args.add_noise), "noise_type": args.noise_type, "seed": args.seed,
         "mask": mask, "mask_sha": _file_digest(mask) if mask and Path(mask).is_file() else None,
-        "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": args.ckpt,
+        "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": _ckpt_setting(args, config),
         "lpips_net": args.lpips_net,
         # sigma_y stays in CLI units; travel_from only where a step travels (below)
         **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from")},
@@ -583,6 +592,33 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
     return results
 
 
+def _ckpt_setting(args, config) -> Optional[str]:
+    """--ckpt as the run records it: None where it names the config's own checkpoint file, which
+    is the same run as without the flag (a file's content is compared on resume besides)."""
+    if args.ckpt is None:
+        return None
+    from guided_diffusion.checkpoints import CheckpointError, default_checkpoint_path
+
+    try:
+        if Path(args.ckpt).expanduser().resolve() == default_checkpoint_path(config, args.exp).resolve():
+            return None
+    except (CheckpointError, OSError):
+        pass
+    return args.ckpt
+
+
+def _dataset_spelled_once(settings: Dict, exp: str) -> Dict:
+    """settings with path_y as the folder it names (`demo` and `exp/datasets/demo` are one dataset),
+    where that folder exists; only for comparing two runs' settings."""
+    path_y = settings.get("path_y")
+    if not path_y:
+        return settings
+    for candidate in (Path(exp) / "datasets" / str(path_y), Path(str(path_y))):
+        if candidate.is_dir():
+            return dict(settings, path_y=str(candidate.resolve()))
+    return settings
+
+
 def _same_run(old: Dict, new: Dict) -> bool:
     """Whether two settings differ only in values that cannot change the run: a spelled-out default
     --deg_scale, a deg_scale the degradation ignores, EquS's transform choice without EquS, a mask
@@ -618,7 +654,8 @@ def execute(plan: Plan) -> Optional[Dict]:
     args, out, ctx = plan.args, plan.out, plan.dist
     previous = read_json(out.run_json)
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint \
-            and previous.get("fingerprint") and _same_run(previous.get("settings") or {}, plan.settings):
+            and previous.get("fingerprint") and _same_run(_dataset_spelled_once(previous.get("settings") or {}, args.exp),
+                                                          _dataset_spelled_once(plan.settings, args.exp)):
         # the same run spelled another way (--deg_scale 4 for the default 4, --transform without EquS):
         # continue under the folder's own settings, so that its records count
         plan.settings, plan.fingerprint = previous["settings"], previous["fingerprint"]
@@ -633,7 +670,8 @@ def execute(plan: Plan) -> Optional[Dict]:
                              f"choose another -i, or add --overwrite to discard those results")
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         # only the differences that block resuming (not a spelled-out default --deg_scale, ...)
-        changes = settings_diff(_normalised(previous.get("settings") or {}), _normalised(plan.settings))
+        changes = settings_diff(_normalised(_dataset_spelled_once(previous.get("settings") or {}, args.exp)),
+                                _normalised(_dataset_spelled_once(plan.settings, args.exp)))
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
                          f"rerun with those settings to resume, choose another -i, or add --overwrite to discard "
                          f"those results")

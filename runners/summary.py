@@ -246,11 +246,15 @@ def render(runs: List[Dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runners.summary", description=__doc__.splitlines()[0])
-    p.add_argument("folders", nargs="*", help="result folders (default: every <exp>/image_samples/*)")
+    p.add_argument("folders", nargs="*",
+                   help="result folders, as paths or as main.py's -i names (default: every <exp>/image_samples/*)")
     p.add_argument("--exp", default="exp", help="experiment root, as given to main.py")
     p.add_argument("-o", "--output", default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
-    folders = [Path(f) for f in args.folders] or sorted((Path(args.exp) / "image_samples").glob("*"))
+    # a name that is not a folder here is main.py's -i name: <exp>/image_samples/<name>
+    folders = [Path(f) if Path(f).is_dir() or not (Path(args.exp) / "image_samples" / f).is_dir()
+               else Path(args.exp) / "image_samples" / f for f in args.folders]
+    folders = folders or sorted((Path(args.exp) / "image_samples").glob("*"))
     runs = load_runs(folders)
     loaded = {r["folder"] for r in runs}
     unfinished = [f for f in folders if f not in loaded and (f / "run.json").is_file()]

@@ -32,11 +32,11 @@ from tqdm import tqdm
 
 from functions.diffusion import diffuse, make_betas
 from runners.cli import OneLineParser
-from runners.data import DatasetError, _to_rgb
+from runners.data import IMG_EXTENSIONS, DatasetError, _to_rgb
 from runners.restoration import resolve_device
 from guided_diffusion.models import build_model, load_config
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = set(IMG_EXTENSIONS)   # what main.py reads
 
 
 def load_folder(folder: str):

@@ -107,3 +107,12 @@ def test_a_rerun_keeps_the_earlier_tables_beside_the_new_ones(tmp_path, capsys, 
     assert len(kept) == 2 and err.count("was kept as") == 2
     assert sorted((out / k).read_text() for k in kept) == ["new table", "old table"]
     assert (out / "ablation.md").read_text() == "new table"
+
+
+def test_one_seed_has_no_sample_std_and_prints_the_mean_alone():
+    from runners.ablation import _pm, summarise
+    one = summarise([{"psnr": [20.0, 22.0], "ssim": [0.5, 0.7], "consistency": [0.1], "seconds": [1.0]}])
+    assert one["psnr"] == (21.0, None) and _pm(one["psnr"], 2) == "21.00"
+    two = summarise([{"psnr": [20.0], "ssim": [0.5], "consistency": [0.1], "seconds": [1.0]},
+                     {"psnr": [22.0], "ssim": [0.7], "consistency": [0.1], "seconds": [1.0]}])
+    assert _pm(two["psnr"], 2) == f"21.00 ± {2 ** 0.5:.2f}"

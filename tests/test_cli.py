@@ -335,6 +335,9 @@ BAD = {
     "mask missing": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/none.npy"], "none.npy"),
     "bad device": (["--path_y", "faces", "--deg", "denoising", "--device", "tpu9"], "tpu9"),
     "nan sigma_y": (["--path_y", "faces", "--deg", "sr_averagepooling", "--sigma_y", "nan"], "--sigma_y"),
+    # 8-bit units by mistake: the error gives the value in [0, 1] units
+    "sigma_y above 1": (["--path_y", "faces", "--deg", "sr_averagepooling", "--sigma_y", "25"], "--sigma_y 0.09804"),
+    "ckpt a folder": (["--path_y", "faces", "--deg", "denoising", "--ckpt", "{root}"], "is a folder"),
     "infinite deg_scale": (["--path_y", "faces", "--deg", "sr_bicubic", "--deg_scale", "inf"], "--deg_scale"),
     "seed too large": (["--path_y", "faces", "--deg", "denoising", "--seed", "99999999999999999"], "--seed"),
     "image named grid": (["--path_y", "gridded", "--deg", "denoising"], "comparison grid"),
@@ -608,15 +611,18 @@ def test_builtin_mask_is_announced_and_travel_from_enters_settings_only_with_tra
     assert plan(tiny.exp, "--travel_length", "1", "--travel_repeat", "2", "--steps", "3").settings["travel_from"] == "x0"
 
 
-@pytest.mark.parametrize("where", ["same", "inside", "around"])
+@pytest.mark.parametrize("where", ["same", "inside", "around", "a results folder"])
 def test_an_output_folder_overlapping_the_dataset_is_refused_and_nothing_is_touched(tiny, capsys, tmp_path, where):
     ds = tmp_path / "ds"
     _image(ds / "a.png", (32, 32), 3)
+    if where == "a results folder":     # an earlier run's folder given as input and output: its grid.png
+        _image(ds / "grid.png", (32, 32), 4)
+    files = sorted(p.name for p in ds.rglob("*"))
     before = (ds / "a.png").read_bytes()
-    out = {"same": ds, "inside": ds / "out", "around": tmp_path}[where]
+    out = {"same": ds, "inside": ds / "out", "around": tmp_path, "a results folder": ds}[where]
     rc, _, err = run_cli(tiny, capsys, "--path_y", str(ds), "--deg", "denoising", "-i", str(out))
     assert rc == 2 and "overlap" in _one_line(err)
-    assert sorted(p.name for p in ds.rglob("*")) == ["a.png"] and (ds / "a.png").read_bytes() == before
+    assert sorted(p.name for p in ds.rglob("*")) == files and (ds / "a.png").read_bytes() == before
 
 
 def test_a_dataset_that_changed_between_run_and_resume_is_refused(tiny, capsys, tmp_path):
@@ -671,6 +677,13 @@ def test_the_same_run_spelled_another_way_resumes(tiny, capsys):
     assert res["fingerprint"] == fingerprint and len(res["images"]) == 2
     rc, _, err = run_cli(tiny, capsys, *base, "--deg_scale", "2")          # a real change is still refused
     assert rc == 2 and "deg_scale" in _one_line(err)
+    # the dataset by its path instead of its name under exp/datasets, and --ckpt naming the config's own
+    # checkpoint file: the same run
+    rc, _, err = run_cli(tiny, capsys, "--path_y", tiny.exp / "datasets" / "faces", "--deg", "sr_averagepooling",
+                         "-i", "spelled", "--subset_end", "3", "--ckpt", tiny.exp / "logs" / "tiny.ckpt")
+    assert rc == 0, err
+    res = results(tiny, "spelled")
+    assert res["fingerprint"] == fingerprint and len(res["images"]) == 3
 
 
 def test_a_first_step_that_amplifies_the_eps_error_is_announced(tiny):

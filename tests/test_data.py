@@ -152,7 +152,10 @@ def test_subset_selection():
     assert [it.index for it in data.select_subset(items, 1, 3)] == [1, 2]
     assert [it.index for it in data.select_subset(items, -1, -1)] == list(range(5))
     assert [it.index for it in data.select_subset(items, 2, -1)] == [2, 3, 4]
-    for bad in [(3, 3), (0, 9), (7, -1)]:
+    # an end past the last image is the last image: --subset_end 100 means at most 100
+    assert [it.index for it in data.select_subset(items, 0, 9)] == list(range(5))
+    assert [it.index for it in data.select_subset(items, 3, 100)] == [3, 4]
+    for bad in [(3, 3), (4, 2), (5, 9), (7, -1)]:
         with pytest.raises(data.DatasetError, match="subset"):
             data.select_subset(items, *bad)
 

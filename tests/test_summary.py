@@ -157,6 +157,11 @@ def test_cli_writes_file_and_errors_without_results(tmp_path, capsys):
     out = tmp_path / "table.md"
     assert summary.main(["--exp", str(tmp_path / "exp"), "-o", str(out)]) == 0
     assert out.read_text() == capsys.readouterr().out
+    # a folder by main.py's -i name, as well as by its path
+    assert summary.main(["--exp", str(tmp_path / "exp"), "a"]) == 0
+    assert capsys.readouterr().out == out.read_text()
+    assert summary.main(["--exp", str(tmp_path / "exp"), str(root / "a")]) == 0
+    assert capsys.readouterr().out == out.read_text()
     assert summary.main(["--exp", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error:")
