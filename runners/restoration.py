@@ -346,7 +346,6 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
                         device=device, dtype=torch.float32, mask=mask, seed=args.seed,
                         lambda_mode=args.lambda_mode, blur_svd=args.blur_svd)
 
-
     model_cfg = {k: config.get(k) for k in ("data", "model", "diffusion")}
     settings = {
         "config": Path(args.config).name,

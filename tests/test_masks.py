@@ -49,7 +49,6 @@ def test_default_mask_is_deterministic_and_covers_a_quarter():
     assert m.shape == (256, 256) and m.dtype == torch.bool
     assert torch.equal(m, default_mask(256))
     assert 0.7 < m.float().mean() < 0.85              # the reference's demo mask keeps 74%
-    assert int(m.sum()) == 48827                       # fixed shapes: the same on every machine
     assert torch.equal(resolve_mask(None, 256), m)
     small = default_mask(64)
     assert abs(small.float().mean() - m.float().mean()) < 0.02
