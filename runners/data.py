@@ -23,7 +23,7 @@ random seed from it, so a subset run and a full run agree image by image.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -239,14 +239,17 @@ def load_image(item: ImageItem, size: int, mode: str) -> torch.Tensor:
         raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def verify_images(items: Sequence[ImageItem]) -> None:
-    """Fail early, naming the file, on images that cannot be read whole or have no agreed range.
+def verify_images(items: Sequence[ImageItem]) -> List[Tuple[int, int]]:
+    """Fail early, naming the file, on images that cannot be read whole or have no agreed range;
+    return each image's (width, height).
 
     PNGs are checked by PIL's verify() (every chunk's CRC, truncation included) without
     decoding; other formats are decoded, since a truncated JPEG passes verify()."""
+    sizes = []
     for item in items:
         try:
             with Image.open(item.path) as img:
+                sizes.append(img.size)
                 if img.mode == "F":
                     _to_rgb(img)   # refuses floating-point pixels, naming the file
                 if img.format == "PNG":
@@ -257,6 +260,21 @@ def verify_images(items: Sequence[ImageItem]) -> None:
             raise
         except Exception as exc:
             raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return sizes
+
+
+def reshaped_note(items: Sequence[ImageItem], sizes: Sequence[Tuple[int, int]], size: int, mode: str) -> Optional[str]:
+    """A note where preprocessing changes what the images show: smaller ones are enlarged (blurred
+    ground truth), and non-square ones are stretched by the square resize (CelebA-HQ / FFHQ configs)."""
+    small = [(it, wh) for it, wh in zip(items, sizes) if min(wh) < size]
+    stretched = [(it, wh) for it, wh in zip(items, sizes) if mode == "resize_square" and wh[0] != wh[1]]
+    parts = []
+    for found, what in ((small, f"smaller than {size} on a side, enlarged"),
+                        (stretched, f"not square, stretched to {size}x{size} (this config resizes without cropping)")):
+        if found:
+            it, (w, h) = found[0]
+            parts.append(f"{len(found)} of {len(items)} images are {what} (e.g. {it.name}, {w}x{h})")
+    return f"note: {'; '.join(parts)}" if parts else None
 
 
 def load_batch(items: Sequence[ImageItem], size: int, mode: str) -> torch.Tensor:

@@ -322,7 +322,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
     _check_output_path(out.root)
     _check_apart(out.root, data.resolve_root(args.path_y, args.exp))
-    data.verify_images(items)
+    sizes = data.verify_images(items)
     reserved = OutputFolder(Path("."))
     clash = [it for it in items if Path(f"{it.name}.png") == reserved.grid]
     if clash:
@@ -399,6 +399,9 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
                          f"error of the model's first noise prediction by {gain:.0f} on its way into x_{first.t_next} "
                          f"(the reference's schedule does the same); with a prior as weak as the demo's the result is "
                          f"unusable (4x SR, 7 EquS+ steps: 6 dB): add --clip_x0 or use more steps")
+    reshaped = data.reshaped_note(items, sizes, image_size, data.preprocess_mode(config))
+    if reshaped:
+        notes.append(reshaped)
     if args.sigma_y > 0 and not args.add_noise:
         notes.append(f"note: --sigma_y {args.sigma_y} without --add_noise: y stays noise-free while the sampler "
                      f"assumes noise of that level (the reference's behaviour)")

@@ -952,3 +952,21 @@ def test_lpips_and_fid_values_are_wired_to_the_right_images(tiny, capsys, monkey
     assert all(c[1] == [out.orig(n) for n in names] for c in calls)
     assert (res["summary"]["fid"], res["summary"]["baseline"]["fid"]) == (10.0, 20.0)
     assert res["summary"]["fid_num_images"] == len(names)
+
+
+def test_images_that_preprocessing_enlarges_or_stretches_are_announced(tiny, tmp_path):
+    """CelebA-HQ configs resize to a square without cropping: non-square faces are stretched; an
+    image smaller than the model's size is enlarged. The plan says so (the run goes on)."""
+    def notes(config, path_y):
+        argv = ["--ni", "--config", config, "--exp", str(tiny.exp), "--path_y", str(path_y), "--deg", "denoising",
+                "-i", "shapes", *FAST]
+        return [n for n in restoration.make_plan(cli.build_parser().parse_args(argv), argv, device_name="cpu").notes
+                if "images are" in n]
+
+    (faces,) = notes(tiny.config, "faces")            # 40x48, 64x64 and 50x36 faces at 32x32
+    assert "2 of 3 images are not square, stretched to 32x32" in faces and "enlarged" not in faces
+    assert notes(tiny.config_imagenet, "imagenet") == []     # cropped to a square first; none smaller
+    _image(tmp_path / "small" / "s.png", (8, 8), 5)
+    _image(tmp_path / "small" / "t.png", (40, 40), 6)
+    (small,) = notes(tiny.config, tmp_path / "small")
+    assert small == "note: 1 of 2 images are smaller than 32 on a side, enlarged (e.g. s, 8x8)"
