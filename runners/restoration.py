@@ -321,7 +321,8 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     # inside the dataset would read its own results back as inputs
     out = OutputFolder(Path(args.exp) / SAMPLE_FOLDER / args.image_folder)
     _check_output_path(out.root)
-    _check_apart(out.root, data.resolve_root(args.path_y, args.exp))
+    data_root = data.resolve_root(args.path_y, args.exp)
+    _check_apart(out.root, data_root)
     sizes = data.verify_images(items)
     reserved = OutputFolder(Path("."))
     clash = [it for it in items if Path(f"{it.name}.png") == reserved.grid]
@@ -350,7 +351,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     settings = {
         "config": Path(args.config).name,
         "config_sha": hashlib.sha256(json.dumps(model_cfg, sort_keys=True, default=str).encode()).hexdigest()[:16],
-        "path_y": args.path_y, "deg": args.deg, "deg_scale": args.deg_scale, "sigma_y": args.sigma_y,
+        "path_y": _path_y_setting(args, data_root), "deg": args.deg, "deg_scale": args.deg_scale, "sigma_y": args.sigma_y,
         "add_noise": bool(args.add_noise), "noise_type": args.noise_type, "seed": args.seed,
         "mask": mask, "mask_sha": _file_digest(mask) if mask and Path(mask).is_file() else None,
         "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": _ckpt_setting(args, config),
@@ -594,31 +595,49 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
     return results
 
 
-def _ckpt_setting(args, config) -> Optional[str]:
-    """--ckpt as the run records it: None where it names the config's own checkpoint file, which
-    is the same run as without the flag (a file's content is compared on resume besides)."""
-    if args.ckpt is None:
-        return None
+def _path_y_setting(args, data_root: Path) -> str:
+    """--path_y as the run records it: the dataset's name where the folder sits in <exp>/datasets
+    (`--path_y exp/datasets/demo` is `demo`, as Table 1's labels expect), else as given."""
+    datasets = (Path(args.exp) / "datasets").resolve()
+    return data_root.name if data_root.parent.resolve() == datasets else args.path_y
+
+
+def _is_default_checkpoint(path, config, exp) -> bool:
     from guided_diffusion.checkpoints import CheckpointError, default_checkpoint_path
 
     try:
-        if Path(args.ckpt).expanduser().resolve() == default_checkpoint_path(config, args.exp).resolve():
-            return None
+        return Path(path).expanduser().resolve() == default_checkpoint_path(config, exp).resolve()
     except (CheckpointError, OSError):
-        pass
+        return False
+
+
+def _ckpt_setting(args, config) -> Optional[str]:
+    """--ckpt as the run records it: None where it names the config's own checkpoint file, which
+    is the same run as without the flag (a file's content is compared on resume besides)."""
+    if args.ckpt is None or _is_default_checkpoint(args.ckpt, config, args.exp):
+        return None
     return args.ckpt
 
 
-def _dataset_spelled_once(settings: Dict, exp: str) -> Dict:
-    """settings with path_y as the folder it names (`demo` and `exp/datasets/demo` are one dataset),
-    where that folder exists; only for comparing two runs' settings."""
+def _spelled_once(settings: Dict, exp: str, config) -> Dict:
+    """settings with the dataset and the checkpoint as the files they name, for comparing two runs'
+    settings (also those of folders made before either was recorded in one spelling): `demo` and
+    `exp/datasets/demo` are one dataset; a --ckpt naming the config's own file is no --ckpt, and
+    `ft.ckpt` and `./ft.ckpt` are one file (where the files exist)."""
+    out = dict(settings)
     path_y = settings.get("path_y")
-    if not path_y:
-        return settings
-    for candidate in (Path(exp) / "datasets" / str(path_y), Path(str(path_y))):
-        if candidate.is_dir():
-            return dict(settings, path_y=str(candidate.resolve()))
-    return settings
+    if path_y:
+        for candidate in (Path(exp) / "datasets" / str(path_y), Path(str(path_y))):
+            if candidate.is_dir():
+                out["path_y"] = str(candidate.resolve())
+                break
+    ckpt = settings.get("ckpt")
+    if ckpt:
+        if _is_default_checkpoint(ckpt, config, exp):
+            out["ckpt"] = None
+        elif Path(str(ckpt)).expanduser().is_file():
+            out["ckpt"] = str(Path(str(ckpt)).expanduser().resolve())
+    return out
 
 
 def _same_run(old: Dict, new: Dict) -> bool:
@@ -656,8 +675,8 @@ def execute(plan: Plan) -> Optional[Dict]:
     args, out, ctx = plan.args, plan.out, plan.dist
     previous = read_json(out.run_json)
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint \
-            and previous.get("fingerprint") and _same_run(_dataset_spelled_once(previous.get("settings") or {}, args.exp),
-                                                          _dataset_spelled_once(plan.settings, args.exp)):
+            and previous.get("fingerprint") and _same_run(_spelled_once(previous.get("settings") or {}, args.exp, plan.config),
+                                                          _spelled_once(plan.settings, args.exp, plan.config)):
         # the same run spelled another way (--deg_scale 4 for the default 4, --transform without EquS):
         # continue under the folder's own settings, so that its records count
         plan.settings, plan.fingerprint = previous["settings"], previous["fingerprint"]
@@ -672,8 +691,8 @@ def execute(plan: Plan) -> Optional[Dict]:
                              f"choose another -i, or add --overwrite to discard those results")
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         # only the differences that block resuming (not a spelled-out default --deg_scale, ...)
-        changes = settings_diff(_normalised(_dataset_spelled_once(previous.get("settings") or {}, args.exp)),
-                                _normalised(_dataset_spelled_once(plan.settings, args.exp)))
+        changes = settings_diff(_normalised(_spelled_once(previous.get("settings") or {}, args.exp, plan.config)),
+                                _normalised(_spelled_once(plan.settings, args.exp, plan.config)))
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
                          f"rerun with those settings to resume, choose another -i, or add --overwrite to discard "
                          f"those results")

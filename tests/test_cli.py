@@ -970,3 +970,31 @@ def test_images_that_preprocessing_enlarges_or_stretches_are_announced(tiny, tmp
     _image(tmp_path / "small" / "t.png", (40, 40), 6)
     (small,) = notes(tiny.config, tmp_path / "small")
     assert small == "note: 1 of 2 images are smaller than 32 on a side, enlarged (e.g. s, 8x8)"
+
+
+def test_one_dataset_or_checkpoint_spelled_two_ways_is_one_run(tiny, capsys, monkeypatch):
+    """The dataset is recorded by its name under exp/datasets however it was given; a --ckpt naming the
+    config's own file resumes a folder made before that was recorded as no --ckpt; two spellings of
+    one checkpoint file resume each other."""
+    assert _plan(tiny, "--path_y", tiny.exp / "datasets" / "faces", "--deg", "denoising",
+                 "-i", "by_path").settings["path_y"] == "faces"
+    common = ["--path_y", "faces", "--deg", "denoising", "--ckpt", tiny.exp / "logs" / "tiny.ckpt", "-i", "old_ckpt"]
+    with monkeypatch.context() as m:       # how the folder was recorded before: the raw --ckpt string
+        m.setattr(restoration, "_ckpt_setting", lambda args, config: args.ckpt)
+        assert run_cli(tiny, capsys, *common, "--subset_end", "1")[0] == 0
+    made = json.loads(folder(tiny, "old_ckpt").run_json.read_text())
+    assert made["settings"]["ckpt"] == str(tiny.exp / "logs" / "tiny.ckpt")
+    rc, _, err = run_cli(tiny, capsys, *common, "--subset_end", "2")
+    assert rc == 0, err
+    res = results(tiny, "old_ckpt")
+    assert res["fingerprint"] == made["fingerprint"] and len(res["images"]) == 2
+
+    (tiny.root / "ft").mkdir(exist_ok=True)
+    (tiny.root / "ft" / "ft.ckpt").write_bytes((tiny.exp / "logs" / "tiny.ckpt").read_bytes())
+    other = ["--path_y", "faces", "--deg", "denoising", "-i", "ft_ckpt"]
+    assert run_cli(tiny, capsys, *other, "--subset_end", "1", "--ckpt", tiny.root / "ft" / "ft.ckpt")[0] == 0
+    rc, _, err = run_cli(tiny, capsys, *other, "--subset_end", "2", "--ckpt", f"{tiny.root}/ft/../ft/./ft.ckpt")
+    assert rc == 0, err
+    assert len(results(tiny, "ft_ckpt")["images"]) == 2
+    rc, _, err = run_cli(tiny, capsys, *other, "--subset_end", "2")     # without it: another model
+    assert rc == 2 and "ckpt" in _one_line(err)
