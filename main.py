@@ -7,11 +7,13 @@ from runners.cli import main
 
 if __name__ == "__main__":
     rc = main()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if rc == 0 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         # Under torchrun, leave without the interpreter's finalization: everything is written and the
         # process group is torn down by now, but a gloo rank can still abort while C++ objects are
         # destroyed at exit ("terminate called without an active exception", no Python frame on the
         # stack; 6 of 185 two-rank CPU runs here, none of 130 since), and torchrun then reports the run as failed.
+        # A failed run exits the usual way: its error line is printed by every rank, and a rank leaving at
+        # once could have torchrun stop the others before they print theirs.
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

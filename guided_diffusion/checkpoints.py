@@ -105,6 +105,8 @@ def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Uni
     public URLs (tests serve files from 127.0.0.1). Raises CheckpointError with one line.
     """
     if override is not None:
+        if not str(override).strip():
+            raise CheckpointError("--ckpt is empty; give the checkpoint file")
         path = Path(override).expanduser()
         if path.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it with --ckpt")

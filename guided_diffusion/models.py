@@ -35,6 +35,8 @@ def load_config(name_or_path: Union[str, Path]) -> dict:
             with open(candidate, "r", encoding="utf-8") as f:
                 try:
                     config = yaml.safe_load(f)
+                except UnicodeDecodeError:
+                    raise ValueError(f"config {candidate} is not a text file; give a YAML config (.yml)") from None
                 except yaml.YAMLError as e:
                     where = getattr(e, "problem_mark", None)
                     at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -42,6 +44,8 @@ def load_config(name_or_path: Union[str, Path]) -> dict:
                     raise ValueError(f"config {candidate} is not valid YAML{at}: {problem}; fix the file") from None
             if not isinstance(config, dict):
                 raise ValueError(f"config {candidate} must be a YAML mapping, got {type(config).__name__}")
+            if not isinstance(config.get("model"), dict):
+                raise ValueError(f"config {candidate} has no 'model' section; add one (see configs/demo.yml)")
             return config
     available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yml")))
     raise FileNotFoundError(f"config {str(name_or_path)!r} not found as a path or in {CONFIG_DIR} "

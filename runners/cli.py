@@ -155,7 +155,8 @@ def configure_logging(level: str) -> None:
 def _user_errors():
     from runners.errors import InputError
 
-    errors = [InputError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FileExistsError]
+    # OSError: a path the system refuses (a name over 255 bytes, a full disk), reported with its path
+    errors = [InputError, ValueError, OSError]
     try:
         from guided_diffusion.checkpoints import CheckpointError
 
@@ -185,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError, FileExistsError)) and exc.filename:
+        if isinstance(exc, OSError) and exc.filename:
             message = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
         elif isinstance(exc, OSError) and exc.strerror:      # raised with a message of ours, no file name
             message = exc.strerror

@@ -87,6 +87,8 @@ def resolve_device(name: Optional[str]) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise InputError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {name} is not supported here; use cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name} requested but CUDA is not available here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -157,10 +159,14 @@ def _mask_side(path: Path):
         import numpy as np
 
         try:
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read mask {path}: {str(exc).splitlines()[0]}") from None
-        return tuple(shape[-2:]) if len(shape) >= 2 else None
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:   # truncated, empty or not an .npy at all
+            raise InputError(f"cannot read mask {path}: {str(exc).splitlines()[0] or type(exc).__name__}") from None
+        if array.size == 0:
+            raise InputError(f"mask {path} is empty; give a square 0/1 array")
+        if array.dtype.kind not in "biuf":
+            raise InputError(f"mask {path} holds {array.dtype} values; give 0/1 (or boolean) values")
+        return tuple(array.shape[-2:]) if array.ndim >= 2 else None
     from PIL import Image
 
     try:
@@ -298,6 +304,15 @@ def _travels(cfg, config) -> bool:
     return any(not step.is_reverse for step in schedule_for(cfg, _num_timesteps(config)))
 
 
+def _config_int(args, section: dict, section_name: str, key: str, default: int) -> int:
+    """A positive whole number from the config, or one line naming the key and the file."""
+    value = section.get(key, default) if isinstance(section, dict) else default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise InputError(f"{section_name}.{key} in {args.config} must be a whole number >= 1 (got {value!r}); "
+                         f"fix the config" + (" or pass --batch_size" if key == "batch_size" else ""))
+    return int(value)
+
+
 def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     """Check every input and build the operator; writes nothing, loads no network.
 
@@ -311,7 +326,8 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         from guided_diffusion.checkpoints import resolve_checkpoint
         resolve_checkpoint(config, args.exp, override=args.ckpt)
     data_cfg = config.get("data", {}) or {}
-    image_size, channels = int(data_cfg.get("image_size", 256)), int(data_cfg.get("channels", 3))
+    image_size = _config_int(args, data_cfg, "data", "image_size", 256)
+    channels = _config_int(args, data_cfg, "data", "channels", 3)
     device = resolve_device(args.device if device_name is None else device_name)
     _check_speed_flags(args, device)
     sampler_cfg = _sampler_config(args, config)
@@ -378,7 +394,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         # repeated x_T's draws have no such entry, so they are not resumed into
         settings["y_noise_stream"] = "measurement_seed"
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    batch_size = args.batch_size or int((config.get("sampling", {}) or {}).get("batch_size", 1))
+    batch_size = args.batch_size or _config_int(args, config.get("sampling", {}) or {}, "sampling", "batch_size", 1)
     notes = []
     if sampler_cfg.equs == "average":
         from functions.equivariance import make_denoiser

@@ -314,6 +314,16 @@ def kept(tiny):
     (tiny.root / "nockpt.yml").write_text(yaml.safe_dump(cfg))
     _image(tiny.exp / "datasets" / "gridded" / "grid.png", (32, 32), 6)
     (tiny.root / "broken.yml").write_text("data:\n  image_size: 32\n model: [unclosed\n")
+    np.save(tiny.root / "mask_str.npy", np.array([["a"] * 32] * 32))
+    np.save(tiny.root / "mask_empty.npy", np.ones((0, 0), dtype=np.uint8))
+    (tiny.root / "mask_zero.npy").write_bytes(b"")
+    for name, change in (("nomodel", lambda c: c.pop("model")), ("batch0", lambda c: c["sampling"].update(batch_size=0)),
+                         ("bigsize", lambda c: c["data"].update(image_size="big"))):
+        c = yaml.safe_load(Path(tiny.config).read_text())
+        change(c)
+        (tiny.root / f"{name}.yml").write_text(yaml.safe_dump(c))
+    _image(tiny.root / "picture.png", (8, 8), 7)       # a PNG under a config's name
+    (tiny.root / "picture.png").rename(tiny.root / "picture.yml")
     return folder(tiny, "kept").root
 
 
@@ -342,6 +352,18 @@ BAD = {
     "seed too large": (["--path_y", "faces", "--deg", "denoising", "--seed", "99999999999999999"], "--seed"),
     "image named grid": (["--path_y", "gridded", "--deg", "denoising"], "comparison grid"),
     "broken YAML": (["--config", "{root}/broken.yml", "--path_y", "faces", "--deg", "denoising"], "not valid YAML"),
+    # found by fuzzing main.py: each used to end in a traceback (exit 1) or an error naming nothing
+    "name too long": (["--path_y", "x" * 300, "--deg", "denoising"], "File name too long"),
+    "device meta": (["--path_y", "faces", "--deg", "denoising", "--device", "meta"], "use cpu, cuda"),
+    "mask of strings": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask_str.npy"], "0/1"),
+    "empty mask": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask_empty.npy"], "is empty"),
+    "zero-byte mask": (["--path_y", "faces", "--deg", "inpainting", "--mask", "{root}/mask_zero.npy"], "cannot read mask"),
+    "config without model": (["--config", "{root}/nomodel.yml", "--path_y", "faces", "--deg", "denoising"], "'model'"),
+    "config batch size 0": (["--config", "{root}/batch0.yml", "--path_y", "faces", "--deg", "denoising"],
+                            "sampling.batch_size"),
+    "config image size": (["--config", "{root}/bigsize.yml", "--path_y", "faces", "--deg", "denoising"], "data.image_size"),
+    "config not text": (["--config", "{root}/picture.yml", "--path_y", "faces", "--deg", "denoising"], "not a text file"),
+    "empty ckpt": (["--path_y", "faces", "--deg", "denoising", "--ckpt", ""], "--ckpt is empty"),
 }
 
 

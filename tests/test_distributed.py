@@ -163,9 +163,12 @@ def test_rank_device(monkeypatch):
 
 
 def test_an_error_on_one_rank_is_raised_on_every_rank(runs):
-    """A missing checkpoint fails where rank 0 loads it; the other rank gets the same one-line
-    error instead of waiting in a collective for a rank that has exited (NCCL would wait hours)."""
-    proc = torchrun(2, common_args(runs.tiny, "no_ckpt", "--ckpt", str(runs.tiny.root / "nowhere.ckpt")))
+    """A checkpoint that cannot be loaded fails where rank 0 loads it; the other rank gets the same
+    one-line error instead of waiting in a collective for a rank that has exited (NCCL would wait
+    hours). (A missing --ckpt file is refused by every rank while planning, before any collective.)"""
+    cut = runs.tiny.root / "nowhere.ckpt"      # a zip header, then nothing: passes the plan's sniff
+    cut.write_bytes((runs.tiny.exp / "logs" / "tiny.ckpt").read_bytes()[:200])
+    proc = torchrun(2, common_args(runs.tiny, "no_ckpt", "--ckpt", str(cut)))
     assert proc.returncode != 0
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:") and "nowhere.ckpt" in l]
     assert len(lines) == 2, proc.stderr[-2000:]          # one per rank
