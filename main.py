@@ -12,8 +12,6 @@ if __name__ == "__main__":
         # process group is torn down by now, but a gloo rank can still abort while C++ objects are
         # destroyed at exit ("terminate called without an active exception", no Python frame on the
         # stack; 6 of 185 two-rank CPU runs here, none of 130 since), and torchrun then reports the run as failed.
-        # A failed run exits the usual way: its error line is printed by every rank, and a rank leaving at
-        # once could have torchrun stop the others before they print theirs.
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
