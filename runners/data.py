@@ -48,20 +48,29 @@ class ImageItem:
     label: int = -1  # ImageNet class from the list file, -1 when unknown
 
 
+def _root_candidates(path_y: str, exp: str) -> List[Path]:
+    return [Path(exp) / "datasets" / str(path_y), Path(str(path_y))]
+
+
+def existing_root(path_y: str, exp: str) -> Optional[Path]:
+    """The folder --path_y names (`<exp>/datasets/<path_y>`, else `path_y`), or None: no side effects."""
+    return next((c for c in _root_candidates(path_y, exp) if c.is_dir()), None)
+
+
 def resolve_root(path_y: str, exp: str) -> Path:
     """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path.
 
     The demo's sets (`demo`, `demo_train`) are written from scikit-image's bundled
     photographs on first use (runners/demo_data.py).
     """
-    candidates = [Path(exp) / "datasets" / path_y, Path(path_y)]
+    candidates = _root_candidates(path_y, exp)
     if path_y in ("demo", "demo_train") and not (candidates[0].is_dir() and any(candidates[0].iterdir())):
         from runners.demo_data import materialise_demo_sets
 
         materialise_demo_sets(exp)
-    for c in candidates:
-        if c.is_dir():
-            return c
+    found = existing_root(path_y, exp)
+    if found is not None:
+        return found
     for c in candidates:
         if c.exists():
             raise DatasetError(f"dataset path {c} is not a folder")

@@ -641,12 +641,9 @@ def _spelled_once(settings: Dict, exp: str, config) -> Dict:
     `exp/datasets/demo` are one dataset; a --ckpt naming the config's own file is no --ckpt, and
     `ft.ckpt` and `./ft.ckpt` are one file (where the files exist)."""
     out = dict(settings)
-    path_y = settings.get("path_y")
-    if path_y:
-        for candidate in (Path(exp) / "datasets" / str(path_y), Path(str(path_y))):
-            if candidate.is_dir():
-                out["path_y"] = str(candidate.resolve())
-                break
+    root = data.existing_root(settings["path_y"], exp) if settings.get("path_y") else None
+    if root is not None:
+        out["path_y"] = str(root.resolve())
     ckpt = settings.get("ckpt")
     if ckpt:
         if _is_default_checkpoint(ckpt, config, exp):
@@ -690,9 +687,11 @@ def execute(plan: Plan) -> Optional[Dict]:
     """
     args, out, ctx = plan.args, plan.out, plan.dist
     previous = read_json(out.run_json)
-    if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint \
-            and previous.get("fingerprint") and _same_run(_spelled_once(previous.get("settings") or {}, args.exp, plan.config),
-                                                          _spelled_once(plan.settings, args.exp, plan.config)):
+    changed = previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint
+    if changed:   # both runs' settings with the dataset and checkpoint as the files they name
+        old_settings = _spelled_once(previous.get("settings") or {}, args.exp, plan.config)
+        new_settings = _spelled_once(plan.settings, args.exp, plan.config)
+    if changed and previous.get("fingerprint") and _same_run(old_settings, new_settings):
         # the same run spelled another way (--deg_scale 4 for the default 4, --transform without EquS):
         # continue under the folder's own settings, so that its records count
         plan.settings, plan.fingerprint = previous["settings"], previous["fingerprint"]
@@ -707,8 +706,7 @@ def execute(plan: Plan) -> Optional[Dict]:
                              f"choose another -i, or add --overwrite to discard those results")
     if previous and not args.overwrite and previous.get("fingerprint") != plan.fingerprint:
         # only the differences that block resuming (not a spelled-out default --deg_scale, ...)
-        changes = settings_diff(_normalised(_spelled_once(previous.get("settings") or {}, args.exp, plan.config)),
-                                _normalised(_spelled_once(plan.settings, args.exp, plan.config)))
+        changes = settings_diff(_normalised(old_settings), _normalised(new_settings))
         raise InputError(f"{out.root} holds results made with other settings ({'; '.join(changes) or 'unknown'}); "
                          f"rerun with those settings to resume, choose another -i, or add --overwrite to discard "
                          f"those results")
