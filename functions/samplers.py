@@ -259,7 +259,7 @@ def make_rule(cfg: SamplerConfig, op, y):
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if y.dim() < 2 or y.shape[0] == 0 or y[0].numel() != op.num_measurements:
         raise ValueError(f"y must be (batch, {op.num_measurements}), the measurements of {op.name} at "
-                         f"{op.image_size}x{op.image_size} (op.A(x)), got shape {tuple(y.shape)}")
+                         f"{'x'.join(map(str, op.image_shape[1:]))} (op.A(x)), got shape {tuple(y.shape)}")
     if cfg.sampler == "ddrm":
         return DDRMRule(op, y, cfg.sigma_y, etaA=cfg.eta, etaB=cfg.etaB, etaC=cfg.eta)
     if cfg.sampler == "ddnm_plus" or cfg.sigma_y > 0:
@@ -283,7 +283,7 @@ def restore(eps_model, op, y: torch.Tensor, betas: torch.Tensor, cfg: SamplerCon
     if noise is None:
         noise = PerImageNoise(seeds if seeds is not None else range(B), device=device)
     if x_T is None:
-        shape = (B, op.channels, op.image_size, op.image_size)
+        shape = (B, *op.image_shape)
         x_T = noise.randn_like(torch.empty(shape, device=device, dtype=y.dtype))
     levels = NoiseLevels(betas, device=device)
     schedule = schedule_for(cfg, levels.num_timesteps)

@@ -149,6 +149,12 @@ class SVDOperator:
         return self.channels * self.image_size * self.image_size
 
     @property
+    def image_shape(self):
+        """(C, H, W) of the images this operator takes; what new code should use (image_size is
+        the side of a square operator)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
     def num_measurements(self) -> int:
         return int(self.singulars().numel())
 
