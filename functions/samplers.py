@@ -1,4 +1,4 @@
-"""Samplers: one loop, three step rules (DDNM, DDNM+, DDRM).
+"""Samplers: one loop, four step rules (DDNM, DDNM+, DDRM, and the reference's SVD-free one).
 
 A sampler is (denoiser, step rule, x_T, schedule, noise source). The loop asks
 the denoiser (plain or an EquS wrapper, see functions/equivariance.py) for
@@ -23,8 +23,9 @@ from functions.equivariance import make_denoiser
 from functions.noise import PerImageNoise, scaled_randn_like
 from functions.schedules import Step, build_schedule
 
-SAMPLERS = ("ddnm", "ddnm_plus", "ddrm")
+SAMPLERS = ("ddnm", "ddnm_plus", "ddrm", "simplified")
 TRAVEL_FROM = ("x0", "x0_hat")
+SIMPLIFIED_NOISE = ("reference", "ddim")
 
 
 class DDNMRule:
@@ -80,6 +81,53 @@ class DDNMPlusRule(DDNMRule):
         z = noise.randn_like(x0)
         x_next = a * x0_hat + self.op.Lambda_noise(z, a, self.sigma_y, sigma_next, self.eta, eps)
         return x_next, x0_hat
+
+
+class SimplifiedRule(DDNMRule):
+    """The reference's SVD-free DDNM / DDNM+ (`--simplified`): only A and an approximate inverse Ap.
+
+    One scalar Lambda for every coordinate (DDNM Eq. 19), with c = a_y sigma_y:
+        sigma_t >= c: lam = 1, gamma = sqrt(sigma_t^2 - c^2);  else lam = sigma_t / c, gamma = 0
+        x0_hat = x0 - lam Ap(A x0 - y)
+        x_next = sqrt(abar_next) x0_hat + g (eta z + sqrt(1 - eta^2) eps)
+    noise 'reference' (the official loop, quirks kept): sigma_t = sqrt(1 - abar_next^2),
+    a_y = abar_next, g = gamma sqrt(1 - abar_next), so even at sigma_y = 0 the stochastic
+    term is scaled twice. noise 'ddim' (corrected): sigma_t = sqrt(1 - abar_next),
+    a_y = sqrt(abar_next), g = gamma; at sigma_y = 0 this is DDNMRule's update, computed
+    the same way (its projection), bit for bit.
+    """
+
+    def __init__(self, op, y, eta: float, sigma_y: float = 0.0, noise_mode: str = "reference"):
+        if noise_mode not in SIMPLIFIED_NOISE:
+            raise ValueError(f"simplified_noise must be one of {SIMPLIFIED_NOISE}, got {noise_mode!r}")
+        super().__init__(op, y, eta)
+        self.sigma_y, self.noise_mode = float(sigma_y), noise_mode
+
+    def scalars(self, abar_next: float):
+        """(lam, scale of the stochastic term) at a step into abar_next."""
+        if self.noise_mode == "reference":
+            sigma_t, c = math.sqrt(1 - abar_next ** 2), abar_next * self.sigma_y
+        else:
+            sigma_t, c = math.sqrt(1 - abar_next), math.sqrt(abar_next) * self.sigma_y
+        if c == 0:
+            lam, gamma = 1.0, sigma_t      # (not sqrt(sigma_t^2), which may round differently)
+        elif sigma_t >= c:
+            lam, gamma = 1.0, math.sqrt(sigma_t ** 2 - c ** 2)
+        else:
+            lam, gamma = sigma_t / c, 0.0
+        return lam, gamma * math.sqrt(1 - abar_next) if self.noise_mode == "reference" else gamma
+
+    def step(self, x_t, x0, eps, abar_t, abar_next, noise):
+        lam, g = self.scalars(abar_next)
+        if self.noise_mode == "ddim" and lam == 1.0:
+            x0_hat = self.project(x0, abar_next)
+        else:
+            x0_hat = x0 - lam * self.op.A_pinv(self.op.A(x0) - self.y)
+        a, c_eps = math.sqrt(abar_next), g * math.sqrt(1 - self.eta ** 2)
+        if self.eta > 0 and g > 0:
+            x_next = scaled_randn_like(noise, x0, g * self.eta).add_(eps, alpha=c_eps)
+            return x_next.add_(x0_hat, alpha=a), x0_hat
+        return torch.mul(x0_hat, a).add_(eps, alpha=c_eps), x0_hat
 
 
 class DDRMRule:
@@ -193,12 +241,14 @@ def sample(denoiser, rule, x_T: torch.Tensor, schedule: Sequence[Step], levels: 
 class SamplerConfig:
     """Everything that chooses a sampling run (the runner fills it from flags).
 
-    sampler: ddnm (becomes DDNM+ when sigma_y > 0), ddnm_plus, ddrm.
+    sampler: ddnm (becomes DDNM+ when sigma_y > 0), ddnm_plus, ddrm, simplified (the SVD-free rule:
+        only A and A_pinv, for composite degradations; see SimplifiedRule).
     sigma_y: noise std of y in model space ([-1, 1]: twice the CLI's --sigma_y).
     schedule: uniform, tas (EquS+'s, official), tas_dedup (without repeated t = 0).
     equs: None, 'alternate' (the paper's EquS) or 'average'.
     clip_x0: clamp x0 predictions to [-1, 1] (off in the reference; see `sample`).
     travel_from: what time travel re-noises: 'x0' (the official DDNM's) or 'x0_hat'.
+    simplified_noise: the simplified rule's noise: 'reference' (the official loop's quirks) or 'ddim'.
     """
     sampler: str = "ddnm"
     eta: float = 0.85
@@ -214,6 +264,7 @@ class SamplerConfig:
     transform_seed: int = 0
     clip_x0: bool = False
     travel_from: str = "x0"
+    simplified_noise: str = "reference"
 
     def to_dict(self):
         return asdict(self)
@@ -260,6 +311,12 @@ def make_rule(cfg: SamplerConfig, op, y):
     if y.dim() < 2 or y.shape[0] == 0 or y[0].numel() != op.num_measurements:
         raise ValueError(f"y must be (batch, {op.num_measurements}), the measurements of {op.name} at "
                          f"{'x'.join(map(str, op.image_shape[1:]))} (op.A(x)), got shape {tuple(y.shape)}")
+    if cfg.sampler == "simplified":
+        return SimplifiedRule(op, y, cfg.eta, cfg.sigma_y, cfg.simplified_noise)
+    needs = "singulars" if cfg.sampler == "ddrm" else "Lambda" if cfg.sampler == "ddnm_plus" or cfg.sigma_y > 0 else None
+    if needs is not None and not hasattr(op, needs):
+        raise ValueError(f"sampler '{cfg.sampler}'{' with sigma_y > 0' if cfg.sampler == 'ddnm' else ''} needs an "
+                         f"SVD operator; {op.name} has none: use sampler 'simplified'")
     if cfg.sampler == "ddrm":
         return DDRMRule(op, y, cfg.sigma_y, etaA=cfg.eta, etaB=cfg.etaB, etaC=cfg.eta)
     if cfg.sampler == "ddnm_plus" or cfg.sigma_y > 0:
