@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .base import LAMBDA_MODES, SVDOperator
+from .base import LAMBDA_MODES, SVDOperator, image_hw
 from .colorization import Colorization
 from .compressed_sensing import BlockCS, WalshHadamardCS
 from .deblur import BLUR_SVD_MODES, SeparableBlur, gaussian_kernel, uniform_kernel
@@ -37,11 +37,13 @@ def blur_kernels(deg: str):
     raise ValueError(f"{deg!r} is not a deblurring task; valid: deblur_uni, deblur_gauss, deblur_aniso")
 
 
-def _sr_factor(deg_scale, image_size: int) -> int:
+def _sr_factor(deg_scale, height: int, width: int) -> int:
     f = DEFAULT_SR_FACTOR if deg_scale is None else deg_scale
-    if not math.isfinite(float(f)) or float(f) != int(float(f)) or int(float(f)) < 1 or image_size % int(float(f)):
-        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-        raise ValueError(f"deg_scale (SR factor) must be an integer dividing image_size {image_size} "
+    if not math.isfinite(float(f)) or float(f) != int(float(f)) or int(float(f)) < 1 \
+            or height % int(float(f)) or width % int(float(f)):
+        divisors = [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0]
+        size = f"image_size {height}" if height == width else f"both sides of the {height}x{width} image"
+        raise ValueError(f"deg_scale (SR factor) must be an integer dividing {size} "
                          f"(one of {divisors}), got {deg_scale}")
     return int(float(f))
 
@@ -53,13 +55,16 @@ def _cs_ratio(deg_scale) -> float:
     return r
 
 
-def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale=None, device="cpu",
+def build_operator(deg: str, image_size=256, channels: int = 3, deg_scale=None, device="cpu",
                    dtype=torch.float32, mask=None, seed: int = 0, lambda_mode: str = "reference", *,
                    perm=None, sensing_matrix=None, blur_svd: str = "reference", kernels=None,
                    null_blocks=None) -> SVDOperator:
     """The operator for a reference `--deg` name.
 
-    deg_scale: SR factor (int dividing image_size, default 4) for sr_*, CS ratio in
+    image_size: an int (a square image) or (H, W); (n, n) builds the same operator as n.
+    Every degradation works at any H x W but the CS ones, which need their square native
+    sizes (a power of two for cs_walshhadamard, a multiple of 32 for cs_blockbased).
+    deg_scale: SR factor (int dividing H and W, default 4) for sr_*, CS ratio in
     (0, 1] (default 0.25) for cs_*, ignored otherwise. mask: see functions/masks.py.
     seed: draws the CS sensing matrix / WH permutation / random mask unless `perm`,
     `sensing_matrix` or `mask` inject them. blur_svd: "reference" (the reference's
@@ -70,16 +75,19 @@ def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale
     """
     if deg not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {deg!r}; valid: {', '.join(DEGRADATIONS)}")
-    if int(image_size) != image_size or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size}")
+    H, W = image_hw(image_size)
     if int(channels) != channels or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels}")
-    image_size, channels = int(image_size), int(channels)
+    channels = int(channels)
+    image_size = H if H == W else (H, W)
+    if deg.startswith("cs_") and H != W:
+        raise ValueError(f"{deg} needs a square image (its sensing works at native square sizes), got {H}x{W}; "
+                         f"crop or resize to a square, or pick another degradation")
     common = dict(device=device, dtype=dtype, lambda_mode=lambda_mode)
     if deg == "sr_averagepooling":
-        return AveragePoolSR(image_size, channels, _sr_factor(deg_scale, image_size), **common)
+        return AveragePoolSR(image_size, channels, _sr_factor(deg_scale, H, W), **common)
     if deg == "sr_bicubic":
-        return BicubicSR(image_size, channels, _sr_factor(deg_scale, image_size), kernel=kernels, **common)
+        return BicubicSR(image_size, channels, _sr_factor(deg_scale, H, W), kernel=kernels, **common)
     if deg.startswith("deblur"):
         if kernels is None:
             k_rows, k_cols = blur_kernels(deg)
@@ -101,7 +109,7 @@ def build_operator(deg: str, image_size: int = 256, channels: int = 3, deg_scale
     return Denoising(image_size, channels, **common)
 
 
-__all__ = ["DEGRADATIONS", "LAMBDA_MODES", "BLUR_SVD_MODES", "SVDOperator", "build_operator", "blur_kernels",
+__all__ = ["DEGRADATIONS", "LAMBDA_MODES", "image_hw", "BLUR_SVD_MODES", "SVDOperator", "build_operator", "blur_kernels",
            "bicubic_kernel", "AveragePoolSR", "BicubicSR", "SeparableBlur", "Colorization", "WalshHadamardCS",
            "BlockCS", "Inpainting", "Denoising"]
 
@@ -113,7 +121,7 @@ def reference_apy(op: SVDOperator, y: torch.Tensor):
     (the blurred image), for inpainting by A^+ y with the holes at -1 (black, not grey).
     The paper's "A^+ y" row of Table 1 scores those images (deblur_gauss: ~19 dB for
     the blurred y against ~42 dB for A^+ y), so the runner records both."""
-    shape = (y.shape[0], op.channels, op.image_size, op.image_size)
+    shape = (y.shape[0],) + tuple(op.image_shape)
     if isinstance(op, SeparableBlur):
         return y.reshape(shape)
     if isinstance(op, Inpainting):

@@ -36,7 +36,7 @@ when a != 0 and sigma_y != 0 (otherwise Lambda = I and the noise is DDIM's):
 """
 import functools
 from contextlib import contextmanager
-from typing import Dict, Union
+from typing import Dict, Tuple, Union
 
 import torch
 
@@ -115,6 +115,27 @@ def per_image(method):
     return batched
 
 
+def image_hw(image_size) -> Tuple[int, int]:
+    """(H, W) from an image size given as an int (square) or an (H, W) tuple / list of positive ints."""
+    if isinstance(image_size, (tuple, list, torch.Size)):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size must be an int or (H, W), got {tuple(image_size)}")
+        sides = tuple(image_size)
+    else:
+        sides = (image_size, image_size)
+    out = []
+    for side in sides:
+        try:
+            ok = not isinstance(side, bool) and int(side) == side and int(side) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"image_size must be a positive integer or (H, W) of positive integers, "
+                             f"got {image_size!r}")
+        out.append(int(side))
+    return out[0], out[1]
+
+
 def _scalar(v: Scalar, like: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor on `like`'s device and dtype; tensors stay on device (no host sync)."""
     if isinstance(v, torch.Tensor):
@@ -131,13 +152,16 @@ class SVDOperator:
     # A^+ A = I (no null space: denoising); DDNM's projection is then A^+ y whatever x0
     full_rank: bool = False
 
-    def __init__(self, image_size: int, channels: int, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference"):
         if lambda_mode not in LAMBDA_MODES:
             raise ValueError(f"lambda_mode must be one of {LAMBDA_MODES}, got {lambda_mode!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype}")
-        self.image_size = int(image_size)
+        self.height, self.width = image_hw(image_size)
+        # the int side for a square operator (as before any size was allowed), else (H, W); the
+        # operators themselves use height / width only
+        self.image_size = self.height if self.height == self.width else (self.height, self.width)
         self.channels = int(channels)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -146,13 +170,13 @@ class SVDOperator:
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def N(self) -> int:
-        return self.channels * self.image_size * self.image_size
+        return self.channels * self.height * self.width
 
     @property
     def image_shape(self):
         """(C, H, W) of the images this operator takes; what new code should use (image_size is
-        the side of a square operator)."""
-        return (self.channels, self.image_size, self.image_size)
+        the side of a square operator, (H, W) otherwise)."""
+        return (self.channels, self.height, self.width)
 
     @property
     def num_measurements(self) -> int:
@@ -255,12 +279,17 @@ class SVDOperator:
             raise ValueError(f"{self.name} has no saved state, got keys {sorted(state)}")
 
     def save(self, path) -> None:
-        torch.save({"name": self.name, "image_size": self.image_size, "channels": self.channels,
+        size = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
+        torch.save({"name": self.name, "image_size": size, "channels": self.channels,
                     "state": {k: v.cpu() for k, v in self.state_dict().items()}}, path)
 
     def load(self, path) -> None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("name") != self.name or blob.get("image_size") != self.image_size \
+        try:
+            saved_hw = image_hw(blob.get("image_size"))
+        except ValueError:
+            saved_hw = None
+        if blob.get("name") != self.name or saved_hw != (self.height, self.width) \
                 or blob.get("channels") != self.channels:
             raise ValueError(f"{path} holds a {blob.get('name')} operator of size {blob.get('image_size')} "
                              f"and {blob.get('channels')} channels; this is {self.name}, "
@@ -275,12 +304,12 @@ class SVDOperator:
         return v.reshape(v.shape[0], -1).to(self.dtype)
 
     def _image(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.image_size
-        if x.dim() == 4 and tuple(x.shape[1:]) == (self.channels, n, n):
+        H, W = self.height, self.width
+        if x.dim() == 4 and tuple(x.shape[1:]) == (self.channels, H, W):
             return x.to(self.dtype)
         if x.dim() == 2 and x.shape[1] == self.N:
-            return x.reshape(x.shape[0], self.channels, n, n).to(self.dtype)
-        raise ValueError(f"{self.name} expects images of shape (B, {self.channels}, {n}, {n}) "
+            return x.reshape(x.shape[0], self.channels, H, W).to(self.dtype)
+        raise ValueError(f"{self.name} expects images of shape (B, {self.channels}, {H}, {W}) "
                          f"or (B, {self.N}), got {tuple(x.shape)}")
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ class Colorization(SVDOperator):
     name = "colorization"
     has_reference_lambda = True
 
-    def __init__(self, image_size: int, channels: int = 3, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int = 3, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference"):
         if channels != 3:
             raise ValueError(f"colorization needs channels=3 (RGB), got channels={channels}")
@@ -27,7 +27,7 @@ class Colorization(SVDOperator):
         self._u = float(U[0, 0])
         self._V_small = self._t(V)
         self._w = self._t(U[0, 0] * S[0] * V[:, 0])   # = the weights, exactly u s v_1 of the factors
-        self._s = self._t(S[:1]).repeat(image_size ** 2)
+        self._s = self._t(S[:1]).repeat(self.height * self.width)
         w64 = self._w.double()
         eye = torch.eye(3, dtype=torch.float64, device=w64.device)
         self._null = (eye - torch.outer(w64, w64) / (w64 @ w64)).to(self.dtype)    # I - A^+ A per pixel
@@ -54,8 +54,7 @@ class Colorization(SVDOperator):
         return torch.einsum("bchw,c->bhw", x, self._w).reshape(x.shape[0], -1)
 
     def At(self, y):
-        n = self.image_size
-        return self._flat(y).reshape(-1, 1, n, n) * self._w.reshape(1, 3, 1, 1)
+        return self._flat(y).reshape(-1, 1, self.height, self.width) * self._w.reshape(1, 3, 1, 1)
 
     def A_pinv(self, y):
         return self.At(y) / (self._w ** 2).sum()

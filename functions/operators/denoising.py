@@ -15,7 +15,7 @@ class Denoising(SVDOperator):
     full_rank = True
     has_reference_lambda = True
 
-    def __init__(self, image_size: int, channels: int, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference"):
         super().__init__(image_size, channels, device, dtype, lambda_mode)
         self._s = torch.ones(self.N, device=self.device, dtype=dtype)

@@ -16,13 +16,13 @@ class Inpainting(SVDOperator):
     name = "inpainting"
     has_reference_lambda = True
 
-    def __init__(self, image_size: int, channels: int, mask=None, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int, mask=None, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference", seed: int = 0):
         super().__init__(image_size, channels, device, dtype, lambda_mode)
-        self._set_mask(resolve_mask(mask, image_size, seed=seed))
+        self._set_mask(resolve_mask(mask, (self.height, self.width), seed=seed))
 
     def _set_mask(self, mask: torch.Tensor):
-        mask = resolve_mask(mask, self.image_size)
+        mask = resolve_mask(mask, (self.height, self.width))
         self.mask = mask.to(self.device)
         flat = self.mask.reshape(-1)
         kept, missing = torch.nonzero(flat).reshape(-1), torch.nonzero(~flat).reshape(-1)
@@ -45,8 +45,7 @@ class Inpainting(SVDOperator):
 
     def V(self, v):
         v = self._flat(v)
-        n = self.image_size
-        return v.index_select(1, self._unorder).reshape(v.shape[0], self.channels, n, n)
+        return v.index_select(1, self._unorder).reshape(v.shape[0], *self.image_shape)
 
     def A(self, x):
         x = self._image(x)
@@ -54,9 +53,8 @@ class Inpainting(SVDOperator):
 
     def At(self, y):
         y = self._flat(y)
-        n = self.image_size
         out = y.new_zeros(y.shape[0], self.N).index_copy_(1, self._kept_idx, y)
-        return out.reshape(y.shape[0], self.channels, n, n)
+        return out.reshape(y.shape[0], *self.image_shape)
 
     def A_pinv(self, y):
         return self.At(y)

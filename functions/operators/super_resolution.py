@@ -30,11 +30,13 @@ class AveragePoolSR(SVDOperator):
     name = "sr_averagepooling"
     has_reference_lambda = True
 
-    def __init__(self, image_size: int, channels: int, factor: int, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int, factor: int, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference"):
         super().__init__(image_size, channels, device, dtype, lambda_mode)
         self.factor = r = int(factor)
-        self.small = image_size // r
+        _check_factor(self.name, r, self.height, self.width)
+        self.small_h, self.small_w = self.height // r, self.width // r
+        self.small = _side_or_shape(self.small_h, self.small_w)
         U, S, V = reference_svd(torch.full((1, r * r), 1.0 / r ** 2), dtype)
         if dtype == torch.float64:
             # the exact factors, so that U s V^T is avg_pool to double precision: the pooling row's
@@ -46,18 +48,18 @@ class AveragePoolSR(SVDOperator):
             S = torch.full_like(S, 1.0 / r)
         self._u = float(U[0, 0])
         self._V_small = self._t(V)
-        self._s = self._t(S[:1]).repeat(channels * self.small ** 2)
+        self._s = self._t(S[:1]).repeat(channels * self.small_h * self.small_w)
 
     def singulars(self):
         return self._s
 
     def _patches(self, x):
-        B, C, r, k = x.shape[0], self.channels, self.factor, self.small
-        return x.reshape(B, C, k, r, k, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C * k * k, r * r)
+        B, C, r, kh, kw = x.shape[0], self.channels, self.factor, self.small_h, self.small_w
+        return x.reshape(B, C, kh, r, kw, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C * kh * kw, r * r)
 
     def _unpatch(self, p):
-        B, C, n, r, k = p.shape[0], self.channels, self.image_size, self.factor, self.small
-        return p.reshape(B, C, k, k, r, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C, n, n)
+        B, C, r, kh, kw = p.shape[0], self.channels, self.factor, self.small_h, self.small_w
+        return p.reshape(B, C, kh, kw, r, r).permute(0, 1, 2, 4, 3, 5).reshape(B, C, self.height, self.width)
 
     @staticmethod
     def _order(p):
@@ -66,7 +68,7 @@ class AveragePoolSR(SVDOperator):
 
     def _unorder(self, v):
         v = self._flat(v)
-        B, P = v.shape[0], self.channels * self.small ** 2
+        B, P = v.shape[0], self.channels * self.small_h * self.small_w
         return torch.cat([v[:, :P, None], v[:, P:].reshape(B, P, -1)], dim=2)
 
     def Vt(self, x):
@@ -89,9 +91,9 @@ class AveragePoolSR(SVDOperator):
         """Nearest upsampling by r: each pixel repeated r times along the row (a broadcast
         view copied once), then each row r times. Two copies with long inner runs are
         2x faster on a CPU than one copy of a (k, r, k, r) view, whose inner runs are r long."""
-        B, C, k, r = y.shape[0], self.channels, self.small, self.factor
-        rows = self._flat(y).reshape(B, C, k, k, 1).expand(B, C, k, k, r).reshape(B, C, k, 1, k * r)
-        return rows.expand(B, C, k, r, k * r).reshape(B, C, k * r, k * r)
+        B, C, kh, kw, r = y.shape[0], self.channels, self.small_h, self.small_w, self.factor
+        rows = self._flat(y).reshape(B, C, kh, kw, 1).expand(B, C, kh, kw, r).reshape(B, C, kh, 1, kw * r)
+        return rows.expand(B, C, kh, r, kw * r).reshape(B, C, kh * r, kw * r)
 
     def At(self, y):
         return self._upsample(y) / self.factor ** 2
@@ -101,6 +103,16 @@ class AveragePoolSR(SVDOperator):
 
     def _reference_noise_coords(self, x):
         return self._order(self._patches(self._image(x)))
+
+
+def _check_factor(name: str, factor: int, height: int, width: int) -> None:
+    if factor < 1 or height % factor or width % factor:
+        raise ValueError(f"{name}: factor {factor} must divide both sides of the {height}x{width} image")
+
+
+def _side_or_shape(h: int, w: int):
+    """The int side of a square (low-resolution) image, else (h, w), as `image_size`."""
+    return h if h == w else (h, w)
 
 
 def bicubic_kernel(factor: int, a: float = -0.5) -> torch.Tensor:
