@@ -175,7 +175,8 @@ def build_classifier(section: Any, device: Optional[Union[str, torch.device]] = 
     Keys: image_size, classifier_width, classifier_depth, classifier_attention_resolutions
     (pixels, "32,16,8"), classifier_use_scale_shift_norm, classifier_resblock_updown,
     classifier_pool, classifier_use_fp16; optional classifier_channel_mult ("" = the default
-    for the size) and num_classes (1000). `device="meta"` builds shapes only.
+    for the size), classifier_num_head_channels (64) and num_classes (1000), for classifiers
+    other than the public one. `device="meta"` builds shapes only.
     """
     if section is None:
         raise ValueError("the config has no 'classifier' section; use a config with one (configs/imagenet_256_cc.yml)")
@@ -202,7 +203,7 @@ def build_classifier(section: Any, device: Optional[Union[str, torch.device]] = 
             num_res_blocks=int(cfg_get(section, "classifier_depth", 2)),
             attention_resolutions=tuple(attention_ds), channel_mult=tuple(mult),
             use_fp16=bool(cfg_get(section, "classifier_use_fp16", False)),
-            num_head_channels=CLASSIFIER_HEAD_CHANNELS,
+            num_head_channels=int(cfg_get(section, "classifier_num_head_channels", CLASSIFIER_HEAD_CHANNELS)),
             use_scale_shift_norm=bool(cfg_get(section, "classifier_use_scale_shift_norm", True)),
             resblock_updown=bool(cfg_get(section, "classifier_resblock_updown", True)),
             pool=str(cfg_get(section, "classifier_pool", "attention")),
