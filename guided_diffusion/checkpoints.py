@@ -6,54 +6,31 @@ temporary file beside the target, is checked (HTTP status, length, loads with
 weights_only=True, tensor names and shapes of the config's model) and only then
 renamed into place. Every failure is a one-line CheckpointError that says where to
 get the file and where to put it.
+
+Where the publisher gives an MD5 sum (DDPM's LSUN models, in DDIM's ckpt_util.py) the
+download is also checked against it before the rename, and `verify_known_checksum`
+refuses a file at that place that no longer matches (its sum is cached in a hidden
+`.<name>.md5` file beside it, keyed by size and mtime, so a resume does not re-read it).
 """
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from guided_diffusion._config import cfg_get, cfg_section
+from guided_diffusion.checkpoint_sources import (DDPM_CACHE, DDPM_EMA, SOURCES, CheckpointSource,  # noqa: F401
+                                                 file_md5, lsun_checkpoint, remember_md5, source_for)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, cannot be downloaded, or does not fit the model (message is one line)."""
 
-
-@dataclass(frozen=True)
-class CheckpointSource:
-    urls: Tuple[str, ...]  # tried in order
-    manual: str  # where a person can get the file when no URL works
-
-
-GUIDED_DIFFUSION = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
-CELEBA_DRIVE_ID = "1wSoA5fm_d6JBZk4RZ1SzWLMgev4WqH21"
-
-# Known public checkpoints, by file name. SDEdit's S3 URL used by the reference
-# (image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/celeba_hq.ckpt) is dead
-# (it answers 403 with an XML page); the EquS README points at a Google Drive copy instead.
-# Drive may answer with an HTML confirmation page, which validation rejects.
-SOURCES: Dict[str, CheckpointSource] = {
-    "celeba_hq.ckpt": CheckpointSource(
-        urls=(f"https://drive.usercontent.google.com/download?id={CELEBA_DRIVE_ID}&export=download&confirm=t",),
-        manual=f"https://drive.google.com/file/d/{CELEBA_DRIVE_ID}/view (SDEdit's CelebA-HQ model, "
-               "linked from the EquS README)",
-    ),
-    "256x256_diffusion_uncond.pt": CheckpointSource(
-        urls=(GUIDED_DIFFUSION + "256x256_diffusion_uncond.pt",),
-        manual=GUIDED_DIFFUSION + "256x256_diffusion_uncond.pt (guided-diffusion)",
-    ),
-    "256x256_diffusion.pt": CheckpointSource(
-        urls=(GUIDED_DIFFUSION + "256x256_diffusion.pt",),
-        manual=GUIDED_DIFFUSION + "256x256_diffusion.pt (guided-diffusion)",
-    ),
-}
 
 _CHUNK = 1 << 20
 
@@ -92,7 +69,7 @@ def download_advice(path: Union[str, Path]) -> Optional[str]:
     """'download it from ... and put it at PATH' for a file that one of the known sources provides,
     else None (a bundled or user-trained checkpoint has no download to repeat)."""
     path = Path(path)
-    source = SOURCES.get(path.name)
+    source = source_for(path)
     return None if source is None else _where_to_get(path, source)
 
 
@@ -102,26 +79,65 @@ def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Uni
     """Path of the config's checkpoint, downloading it when missing.
 
     override: a user-given file (must exist; never downloaded). urls: replaces the known
-    public URLs (tests serve files from 127.0.0.1). Raises CheckpointError with one line.
+    public URLs (tests serve files from 127.0.0.1). A file with a published MD5 is checked
+    against it. Raises CheckpointError with one line.
     """
     if override is not None:
-        if not str(override).strip():
-            raise CheckpointError("--ckpt is empty; give the checkpoint file")
-        path = Path(override).expanduser()
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it with --ckpt")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        _sniff(path)
-        return path
+        return _user_file(override, "--ckpt")
+    return _resolve(default_checkpoint_path(config, exp), lambda: expected_tensors(config),
+                    download, urls, progress, timeout)
 
-    path = default_checkpoint_path(config, exp)
-    source = SOURCES.get(path.name)
+
+CLASSIFIER_CHECKPOINT = "logs/imagenet/256x256_classifier.pt"
+
+
+def resolve_classifier_checkpoint(config: Any, exp: Union[str, Path] = "exp",
+                                  override: Union[None, str, Path] = None, download: bool = True,
+                                  urls: Optional[Sequence[str]] = None, progress: bool = True,
+                                  timeout: float = 30.0, flag: str = "--classifier_ckpt") -> Path:
+    """resolve_checkpoint for the config's `classifier` section: <exp>/<classifier.checkpoint>
+    (default logs/imagenet/256x256_classifier.pt), downloaded from guided-diffusion when missing
+    and checked against the classifier's tensor names and shapes. `flag` names the override in errors."""
+    section = cfg_get(config, "classifier", None)
+    if section is None:
+        raise CheckpointError("config has no classifier section; use a config with one (configs/imagenet_256_cc.yml)")
+    if override is not None:
+        return _user_file(override, flag)
+    rel = cfg_get(section, "checkpoint", None) or CLASSIFIER_CHECKPOINT
+
+    def expected():
+        try:
+            from guided_diffusion.classifier import build_classifier
+        except ImportError:   # the classifier module is optional here: then the load checks the shapes
+            return None
+        return {k: tuple(v.shape) for k, v in build_classifier(section, device="meta").state_dict().items()}
+
+    return _resolve(Path(exp) / rel, expected, download, urls, progress, timeout)
+
+
+def _user_file(override: Union[str, Path], flag: str) -> Path:
+    """A checkpoint the user names: it must exist and not be an error page (never downloaded)."""
+    if not str(override).strip():
+        raise CheckpointError(f"{flag} is empty; give the checkpoint file")
+    path = Path(override).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it with {flag}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    _sniff(path)
+    return path
+
+
+def _resolve(path: Path, expected: Callable[[], Optional[Mapping[str, Sequence[int]]]], download: bool,
+             urls: Optional[Sequence[str]], progress: bool, timeout: float) -> Path:
+    """The file at `path` if present and sound, else downloaded from `urls` or its known source."""
+    source = source_for(path)
     if path.is_file():
         try:
             _sniff(path)
         except CheckpointError as err:
             raise CheckpointError(f"{err}; delete it and {_where_to_get(path, source)}") from None
+        verify_known_checksum(path)   # e.g. a partial file the reference's non-atomic download left
         return path
 
     candidates = list(urls) if urls is not None else list(source.urls if source else ())
@@ -129,11 +145,12 @@ def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Uni
         why = "downloading is disabled" if not download else "no download URL is known"
         raise CheckpointError(f"checkpoint {path} is missing ({why}); {_where_to_get(path, source)}")
 
-    expected = expected_tensors(config)
+    shapes = expected()
     failures = []
     for url in candidates:
         try:
-            fetch(url, path, expected=expected, progress=progress, timeout=timeout)
+            fetch(url, path, expected=shapes, progress=progress, timeout=timeout,
+                  md5=source.md5 if source else None)
             return path
         except CheckpointError as err:
             failures.append(f"{url}: {err}")
@@ -141,10 +158,11 @@ def resolve_checkpoint(config: Any, exp: Union[str, Path] = "exp", override: Uni
 
 
 def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequence[int]]] = None,
-          progress: bool = True, timeout: float = 30.0) -> Path:
+          progress: bool = True, timeout: float = 30.0, md5: Optional[str] = None) -> Path:
     """Download `url` to `dest` via a temporary file in the same folder, validate it, then rename.
 
-    Nothing is left at `dest` or beside it unless the file is complete and valid.
+    md5: the published sum, compared while the bytes arrive. Nothing is left at `dest` or
+    beside it unless the file is complete and valid.
     """
     dest = Path(dest)
     tmp = None
@@ -157,8 +175,12 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
+        digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out:
-            _download_into(url, out, dest.name, progress, timeout)
+            _download_into(url, out, dest.name, progress, timeout, digest)
+        if md5 is not None and digest.hexdigest() != md5.lower():
+            raise CheckpointError(f"the downloaded {dest.name} has MD5 {digest.hexdigest()}, not the published "
+                                  f"{md5.lower()} (damaged or changed on the server; removed)")
         try:
             validate_checkpoint(tmp, expected)
         except CheckpointError as err:   # name the download, not the temporary file about to go
@@ -168,6 +190,8 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
+        if md5 is not None:
+            remember_md5(dest, digest.hexdigest())
     except OSError as err:   # a full disk, a folder that is a file, no permission: one line, not a traceback
         raise CheckpointError(f"cannot write {dest} ({err.strerror or err})") from None
     finally:
@@ -182,7 +206,7 @@ def fetch(url: str, dest: Union[str, Path], expected: Optional[Mapping[str, Sequ
     return dest
 
 
-def _download_into(url: str, out, name: str, progress: bool, timeout: float) -> None:
+def _download_into(url: str, out, name: str, progress: bool, timeout: float, digest=None) -> None:
     from tqdm import tqdm
 
     request = urllib.request.Request(url, headers={"User-Agent": "equs-checkpoints"})
@@ -213,6 +237,8 @@ def _download_into(url: str, out, name: str, progress: bool, timeout: float) -> 
                 if not chunk:
                     break
                 out.write(chunk)
+                if digest is not None:
+                    digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
         if total is not None and received != total:
@@ -306,3 +332,16 @@ def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     state = validate_checkpoint(path, expected)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def verify_known_checksum(path: Union[str, Path]) -> None:
+    """Refuse (CheckpointError, one line) a file whose publisher gives an MD5 that it no longer has;
+    files without a published sum pass unchecked."""
+    path = Path(path)
+    source = source_for(path)
+    if source is None or source.md5 is None:
+        return
+    found = file_md5(path)
+    if found != source.md5.lower():
+        raise CheckpointError(f"{path} has MD5 {found}, not the published {source.md5.lower()} (incomplete or "
+                              f"changed); delete it and {_where_to_get(path, source)}")
