@@ -104,15 +104,17 @@ def resolve_classifier_checkpoint(config: Any, exp: Union[str, Path] = "exp",
     if override is not None:
         return _user_file(override, flag)
     rel = cfg_get(section, "checkpoint", None) or CLASSIFIER_CHECKPOINT
+    return _resolve(Path(exp) / rel, lambda: expected_classifier_tensors(config), download, urls, progress, timeout)
 
-    def expected():
-        try:
-            from guided_diffusion.classifier import build_classifier
-        except ImportError:   # the classifier module is optional here: then the load checks the shapes
-            return None
-        return {k: tuple(v.shape) for k, v in build_classifier(section, device="meta").state_dict().items()}
 
-    return _resolve(Path(exp) / rel, expected, download, urls, progress, timeout)
+def expected_classifier_tensors(config: Any) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """Names and shapes of the config's classifier (meta device), or None without guided_diffusion.classifier."""
+    try:
+        from guided_diffusion.classifier import build_classifier
+    except ImportError:   # optional here: the load that follows checks the shapes then
+        return None
+    section = cfg_get(config, "classifier")
+    return {k: tuple(v.shape) for k, v in build_classifier(section, device="meta").state_dict().items()}
 
 
 def _user_file(override: Union[str, Path], flag: str) -> Path:

@@ -30,6 +30,13 @@ def _tiny_state(seed=0):
     return build_model(TINY).state_dict()
 
 
+def _small_classifier_bytes() -> bytes:
+    from guided_diffusion.classifier import build_classifier
+
+    torch.manual_seed(0)
+    return _bytes_of(build_classifier(SMALL_CLASSIFIER["classifier"]).state_dict())
+
+
 HTML = b"<!DOCTYPE html><html><body>Access denied</body></html>"
 S3_DENIED = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code></Error>'
 
@@ -46,6 +53,7 @@ def server():
         "/truncated.ckpt": (200, "application/octet-stream", good[: len(good) // 2], None),
         "/dropped.ckpt": (200, "application/octet-stream", good[: len(good) // 2], len(good)),
         "/wrong.ckpt": (200, "application/octet-stream", _bytes_of(build_model(OTHER).state_dict()), None),
+        "/classifier.pt": (200, "application/octet-stream", _small_classifier_bytes(), None),
     }
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -226,3 +234,56 @@ def test_a_damaged_known_checkpoint_says_where_to_get_it_again(tmp_path):
     with pytest.raises(CheckpointError) as info:
         read_state_dict(junk)
     assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------- the classifier's checkpoint
+
+SMALL_CLASSIFIER = {"classifier": {"image_size": 64, "classifier_width": 32, "classifier_depth": 1,
+                                   "classifier_attention_resolutions": "16,8", "classifier_channel_mult": "1,2,2,2",
+                                   "classifier_pool": "attention", "checkpoint": "logs/small/classifier.pt"},
+                    "model": TINY["model"]}
+
+
+def test_classifier_path_download_source_and_public_layout(tmp_path):
+    import json
+
+    from guided_diffusion.checkpoints import expected_classifier_tensors, resolve_classifier_checkpoint
+    from tests.shared import shared_path
+
+    config = load_config("imagenet_256_cc")
+    with pytest.raises(CheckpointError, match="downloading is disabled") as info:
+        resolve_classifier_checkpoint(config, exp=tmp_path, download=False)
+    text = str(info.value)
+    assert "\n" not in text and str(tmp_path / "logs/imagenet/256x256_classifier.pt") in text
+    assert "openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_classifier.pt" in text
+    # without classifier.checkpoint the file is the reference's place under exp
+    no_key = {**config, "classifier": {k: v for k, v in config["classifier"].items() if k != "checkpoint"}}
+    with pytest.raises(CheckpointError, match="logs/imagenet/256x256_classifier.pt is missing"):
+        resolve_classifier_checkpoint(no_key, exp=tmp_path, download=False)
+    manifest = json.loads(shared_path("fixtures", "manifest_imagenet_256x256_classifier.json").read_text())
+    expected = expected_classifier_tensors(config)
+    assert {k: list(v) for k, v in expected.items()} == manifest["tensors"]
+    with pytest.raises(CheckpointError, match="no classifier section"):
+        resolve_classifier_checkpoint(load_config("imagenet_256"), exp=tmp_path)
+
+
+def test_classifier_download_is_checked_against_its_layout(server, tmp_path):
+    from guided_diffusion.checkpoints import resolve_classifier_checkpoint
+    from guided_diffusion.classifier import build_classifier
+
+    base, _ = server
+    path = resolve_classifier_checkpoint(SMALL_CLASSIFIER, exp=tmp_path / "ok", urls=[base + "/classifier.pt"],
+                                         progress=False)
+    assert path == tmp_path / "ok/logs/small/classifier.pt" and path.read_bytes() == _small_classifier_bytes()
+    # the diffusion model's file served as the classifier: refused, nothing left
+    with pytest.raises(CheckpointError, match="does not match the model") as info:
+        resolve_classifier_checkpoint(SMALL_CLASSIFIER, exp=tmp_path, urls=[base + "/good.ckpt"], progress=False)
+    assert "\n" not in str(info.value) and [p.name for p in tmp_path.iterdir()] == ["ok"]
+    # a user's file: must exist, named with the flag the caller gives
+    with pytest.raises(CheckpointError, match="--classifier_ckpt is empty"):
+        resolve_classifier_checkpoint(SMALL_CLASSIFIER, exp=tmp_path, override=" ")
+    own = tmp_path / "own.pt"
+    torch.save(build_classifier(SMALL_CLASSIFIER["classifier"]).state_dict(), own)
+    assert resolve_classifier_checkpoint(SMALL_CLASSIFIER, exp=tmp_path, override=own) == own
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nope.pt does not exist"):
+        resolve_classifier_checkpoint(SMALL_CLASSIFIER, exp=tmp_path, override=tmp_path / "nope.pt")
