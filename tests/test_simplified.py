@@ -180,3 +180,12 @@ def test_refusals():
         with pytest.raises(ValueError, match="use sampler 'simplified'"):
             make_rule(cfg, op, y)
     assert isinstance(make_rule(SamplerConfig(), op, y), DDNMRule)     # noise-free DDNM needs only A^+
+
+
+def test_oldphoto_config_is_celeba_hq_with_time_travel():
+    """The reference's oldphoto.yml: the CelebA-HQ model and checkpoint, T_sampling 100, time travel 2 x 2."""
+    from guided_diffusion.models import load_config
+    old, celeba = load_config("oldphoto.yml"), load_config("celeba_hq.yml")
+    assert old["model"] == celeba["model"] and old["diffusion"] == celeba["diffusion"]
+    assert old["data"]["image_size"] == 256 and old["sampling"]["batch_size"] == 1
+    assert old["time_travel"] == {"T_sampling": 100, "travel_length": 2, "travel_repeat": 2}
