@@ -20,7 +20,7 @@ from functions.diffusion import make_betas
 from functions.operators import build_operator
 from functions.samplers import SamplerConfig, restore
 from guided_diffusion.models import EpsModel, build_model
-from runners import cli, restoration
+from runners import cli, execute
 from tests.test_cli import TINY_MODEL
 from tests.test_distributed import NAMES, common_args, folder, image_bytes, make_tiny, records, strip
 
@@ -62,7 +62,8 @@ def run(tiny, name, batch, *extra):
 def test_batch_3_gives_batch_1_outputs_bit_for_bit(tiny, monkeypatch):
     sizes = {1: [], 3: []}
     for batch in (1, 3):
-        monkeypatch.setattr(restoration, "load_eps_model", PerImageNetwork(restoration.load_eps_model, sizes[batch]))
+        # patched where execute() calls it
+        monkeypatch.setattr(execute, "load_eps_model", PerImageNetwork(execute.load_eps_model, sizes[batch]))
         run(tiny, f"exact_b{batch}", batch, *EQUS_NOISY)
         monkeypatch.undo()
     # batch 3 really went through the sampler as batches: 3 images (x2 copies for the EquS

@@ -998,11 +998,13 @@ def test_one_dataset_or_checkpoint_spelled_two_ways_is_one_run(tiny, capsys, mon
     """The dataset is recorded by its name under exp/datasets however it was given; a --ckpt naming the
     config's own file resumes a folder made before that was recorded as no --ckpt; two spellings of
     one checkpoint file resume each other."""
+    import runners.plan
+
     assert _plan(tiny, "--path_y", tiny.exp / "datasets" / "faces", "--deg", "denoising",
                  "-i", "by_path").settings["path_y"] == "faces"
     common = ["--path_y", "faces", "--deg", "denoising", "--ckpt", tiny.exp / "logs" / "tiny.ckpt", "-i", "old_ckpt"]
     with monkeypatch.context() as m:       # how the folder was recorded before: the raw --ckpt string
-        m.setattr(restoration, "_ckpt_setting", lambda args, config: args.ckpt)
+        m.setattr(runners.plan, "_ckpt_setting", lambda args, config: args.ckpt)   # where make_plan calls it
         assert run_cli(tiny, capsys, *common, "--subset_end", "1")[0] == 0
     made = json.loads(folder(tiny, "old_ckpt").run_json.read_text())
     assert made["settings"]["ckpt"] == str(tiny.exp / "logs" / "tiny.ckpt")
