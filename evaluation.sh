@@ -3,7 +3,8 @@
 #   bash evaluation.sh            (runs everything in order; resumable: rerun to continue)
 #   python -m runners.summary     (then: the measured table beside the published numbers)
 # Datasets: exp/datasets/celeba_hq/ (CelebA-HQ test faces) and exp/datasets/imagenet/imagenet/ with
-# exp/imagenet_val_1k.txt; checkpoints under exp/logs/ (see docs/cli.md); the inpainting mask at
+# exp/imagenet_val_1k.txt (optional LSUN runs: exp/datasets/lsun_<bedroom|cat|church>/, see below);
+# checkpoints under exp/logs/ (see docs/cli.md); the inpainting mask at
 # exp/inp_masks/mask.npy, where the reference reads it (without it inpainting uses the built-in mask and
 # runners.summary keeps those runs out of Table 1's cells). Append flags to a line as
 # needed (--batch_size 8, --device cuda:1, --subset_end 100, ...); --EquS / --EquSplus switch EquS on.
@@ -103,6 +104,25 @@ python main.py --ni --config imagenet_256.yml --path_y imagenet --eta 0.85 --deg
 python main.py --ni --config imagenet_256.yml --path_y imagenet --eta 0.85 --deg "cs_walshhadamard" --deg_scale 0.25 --sigma_y 0.2 -i imagenet_cs_wh_025_n_02_equs --add_noise --EquS
 python main.py --ni --config imagenet_256.yml --path_y imagenet --eta 0.85 --sampler ddrm --deg "cs_walshhadamard" --deg_scale 0.25 --sigma_y 0.2 -i imagenet_cs_wh_025_n_02_ddrm --add_noise
 python main.py --ni --config imagenet_256.yml --path_y imagenet --eta 0.85 --sampler ddrm --deg "cs_walshhadamard" --deg_scale 0.25 --sigma_y 0.2 -i imagenet_cs_wh_025_n_02_ddrm_equs --add_noise --EquS
+
+## LSUN: DDPM's bedroom / cat / church models, DDNM vs DDNM-EquS+ (no published numbers) ##
+# Runs only for the image folders present: exp/datasets/lsun_bedroom/, lsun_cat/, lsun_church/ (any
+# images; resized to 256x256). The checkpoints (about 455 MB each) download to
+# exp/logs/diffusion_models_converted/ and are checked against the MD5 sums DDIM publishes.
+for lsun in bedroom cat church; do
+    if [ ! -d "exp/datasets/lsun_$lsun" ]; then
+        echo "evaluation.sh: exp/datasets/lsun_$lsun not found; its LSUN runs are skipped" >&2
+        continue
+    fi
+    for equs in "" "--EquSplus"; do
+        tag="${equs:+_equsplus}"
+        python main.py --ni --config "$lsun.yml" --path_y "lsun_$lsun" --eta 0.85 --deg "deblur_gauss" --sigma_y 0. -i "lsun_${lsun}_deblur_g$tag" $equs
+        python main.py --ni --config "$lsun.yml" --path_y "lsun_$lsun" --eta 0.85 --deg "cs_blockbased" --deg_scale 0.25 --sigma_y 0. -i "lsun_${lsun}_cs_bb_025$tag" $equs
+        python main.py --ni --config "$lsun.yml" --path_y "lsun_$lsun" --eta 0.85 --deg "inpainting" --sigma_y 0. -i "lsun_${lsun}_inpainting$tag" $equs
+        python main.py --ni --config "$lsun.yml" --path_y "lsun_$lsun" --eta 0.85 --deg "sr_bicubic" --deg_scale 4 --sigma_y 0. -i "lsun_${lsun}_sr_bc_4$tag" $equs
+        python main.py --ni --config "$lsun.yml" --path_y "lsun_$lsun" --eta 0.85 --deg "colorization" --sigma_y 0. -i "lsun_${lsun}_colorization$tag" $equs
+    done
+done
 
 ## The measured table beside the published one ##
 python -m runners.summary --exp exp -o exp/table1_measured.md

@@ -4,8 +4,8 @@
 
 Reads every `<exp>/image_samples/*/results.json` (or the folders given) and
 places each run by what it ran, read from its recorded settings, never from the
-folder name: the dataset (config data.dataset), the task (deg, deg_scale) and
-the method (sampler + EquS mode + schedule). Noise-free runs of the paper's five
+folder name: the dataset (config data.dataset; LSUN runs by data.category), the
+task (deg, deg_scale) and the method (sampler + EquS mode + schedule). Noise-free runs of the paper's five
 tasks fill Table 1; noisy runs and other tasks get tables of their own. The
 "A^+ y" row is the baseline recorded by a run of that task: the image the
 official runner saves as Apy (`baseline_reference` where that is not A^+ y).
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 DATASETS = {"CelebA_HQ": "CelebA-HQ", "ImageNet": "ImageNet"}
+# the LSUN configs share data.dataset "LSUN": the category names the model (DDPM's church is church_outdoor)
+LSUN_LABELS = {"bedroom": "LSUN-Bedroom", "cat": "LSUN-Cat", "church_outdoor": "LSUN-Church", "church": "LSUN-Church"}
 TASKS = ("deblur (gauss)", "CS 25% (block)", "inpainting", "SR 4x bicubic", "colorization Cons/FID/LPIPS")
 METHODS = ("A^+ y", "DDRM", "DDRM-EquS+", "DDNM", "DDNM-EquS+")
 REFERENCE_APY_TASKS = ("deblur (gauss)", "inpainting")   # where the reference's saved Apy is not A^+ y
@@ -58,8 +60,19 @@ PUBLISHED: Dict[str, Dict[str, Tuple[Tuple[float, float, float], ...]]] = {
 
 DEFAULT_SR, DEFAULT_CS = 4.0, 0.25
 # the benchmark image folders (--path_y) of evaluation.sh and of the demo; runs on others are labelled
-BENCHMARK_IMAGES = ("celeba_hq", "imagenet", "demo")
-TABLE_CONFIGS = ("celeba_hq.yml", "imagenet_256.yml")  # the paper's two models; other configs are named
+BENCHMARK_IMAGES = ("celeba_hq", "imagenet", "demo", "lsun_bedroom", "lsun_cat", "lsun_church")
+TABLE_CONFIGS = ("celeba_hq.yml", "imagenet_256.yml")  # the paper's two models
+# configs the dataset label already names; other configs (imagenet_256_cc.yml, ...) are named in the method
+DATASET_CONFIGS = TABLE_CONFIGS + ("bedroom.yml", "cat.yml", "church.yml")
+
+
+def dataset_of(data: Dict) -> str:
+    """A run's dataset label from its config's data section: 'CelebA-HQ', 'ImageNet', 'LSUN-Church', ..."""
+    name = str(data.get("dataset", "?"))
+    if name == "LSUN":
+        category = str(data.get("category") or "")
+        return LSUN_LABELS.get(category, f"LSUN-{category}" if category else "LSUN")
+    return DATASETS.get(name, name)
 
 
 def task_of(settings: Dict) -> str:
@@ -90,7 +103,7 @@ def method_of(settings: Dict) -> str:
     elif schedule != "uniform":
         base += f" ({schedule})"
     extras = []
-    if settings.get("config") not in (None, *TABLE_CONFIGS):
+    if settings.get("config") not in (None, *DATASET_CONFIGS):
         extras.append(str(settings["config"]))
     if settings.get("ckpt"):      # another checkpoint than the config's own (a fine-tuned or random one)
         extras.append(f"ckpt {Path(str(settings['ckpt'])).name}")
@@ -159,9 +172,9 @@ def load_runs(folders: Sequence[Path]) -> List[Dict]:
         if not isinstance(res, dict) or "settings" not in res or "summary" not in res:
             continue
         settings = res["settings"]
-        dataset = (res.get("config", {}).get("data", {}) or {}).get("dataset", "?")
+        data = (res.get("config", {}) or {}).get("data", {}) or {}
         runs.append({
-            "folder": Path(folder), "dataset": DATASETS.get(dataset, dataset), "task": task_of(settings),
+            "folder": Path(folder), "dataset": dataset_of(data), "task": task_of(settings),
             "method": method_of(settings), "noisy": float(settings.get("sigma_y") or 0) > 0,
             "sigma_y": settings.get("sigma_y"), "add_noise": settings.get("add_noise"),
             "mask": Path(str(settings["mask"])).name if settings.get("mask") else None,

@@ -193,3 +193,36 @@ def test_md5_note_is_trusted_only_for_the_same_size_and_mtime(tmp_path):
     assert file_md5(path) == hashlib.md5(b"abc").hexdigest()
     note.write_text("[not a note")
     assert file_md5(path) == hashlib.md5(b"abc").hexdigest()
+
+
+def test_evaluation_sh_runs_lsun_where_the_images_are(tmp_path):
+    """evaluation.sh's LSUN block, run by bash with `python` recording its arguments: only the datasets
+    present run, every line parses as main.py's CLI with an LSUN config, no output folder is reused."""
+    import shlex
+    import subprocess
+
+    from runners import summary
+    from runners.cli import build_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    script = (repo / "evaluation.sh").read_text()
+    block = script[script.index("## LSUN"):script.index("## The measured table")]
+    for name in ("cat", "church"):
+        (tmp_path / "exp" / "datasets" / f"lsun_{name}").mkdir(parents=True)
+    fake = 'python() { printf "%q " "$@" >> calls.txt; echo >> calls.txt; }\n'
+    done = subprocess.run(["bash", "-c", "set -u\n" + fake + block], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "evaluation.sh: exp/datasets/lsun_bedroom not found; its LSUN runs are skipped"
+    calls = [shlex.split(line) for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert len(calls) == 2 * 2 * 5 and all(c[0] == "main.py" for c in calls)
+    parsed = [build_parser().parse_args(c[1:]) for c in calls]
+    assert {(a.config, a.path_y) for a in parsed} == {("cat.yml", "lsun_cat"), ("church.yml", "lsun_church")}
+    assert all(load_config(a.config)["data"]["dataset"] == "LSUN" and a.path_y in summary.BENCHMARK_IMAGES
+               for a in parsed)
+    assert sum("--EquSplus" in c for c in calls) == 10
+    outputs = [a.image_folder for a in parsed]
+    others = [shlex.split(line)[shlex.split(line).index("-i") + 1] for line in script.splitlines()
+              if line.startswith("python main.py")]
+    assert len(set(outputs)) == len(outputs) and not set(outputs) & set(others)
+    assert "lsun_church_sr_bc_4_equsplus" in outputs

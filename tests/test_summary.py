@@ -45,7 +45,7 @@ def _settings(**kw):
     return base
 
 
-def _write_run(root, name, dataset, settings, s, baseline=None, n=10, baseline_reference=None):
+def _write_run(root, name, dataset, settings, s, baseline=None, n=10, baseline_reference=None, category=None):
     folder = root / name
     folder.mkdir(parents=True)
     summ = {"num_images": n, "psnr": s[0], "ssim": s[1], "lpips_official": s[2], "lpips": 0.5,
@@ -54,7 +54,7 @@ def _write_run(root, name, dataset, settings, s, baseline=None, n=10, baseline_r
     if baseline_reference:
         summ["baseline_reference"] = baseline_reference
     (folder / "results.json").write_text(json.dumps({
-        "settings": settings, "summary": summ, "config": {"data": {"dataset": dataset}},
+        "settings": settings, "summary": summ, "config": {"data": {"dataset": dataset, **({"category": category} if category is not None else {})}},
         "device": "cpu", "updated": "2026-01-01T00:00:00+00:00"}))
     return folder
 
@@ -183,3 +183,27 @@ def test_an_unfinished_run_is_named_not_silently_left_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 folder(s) hold an unfinished run" in err and "rerun the command in their run.json" in err
     assert "error: no results.json found" in err
+
+
+def test_lsun_and_classifier_guided_runs_are_labelled_by_dataset(tmp_path):
+    """The three LSUN configs share data.dataset LSUN: the category names the model. They, and the
+    classifier-guided ImageNet config, have no published Table 1 cells: they go to the other table."""
+    root = tmp_path / "exp" / "image_samples"
+    for name, category in (("bed", "bedroom"), ("cat", "cat"), ("church", "church_outdoor")):
+        _write_run(root, name, "LSUN", _settings(config=f"{name if name != 'bed' else 'bedroom'}.yml",
+                                                 path_y=f"lsun_{name if name != 'bed' else 'bedroom'}"),
+                   (30.0, 0.9, 0.1), category=category)
+    _write_run(root, "cc", "ImageNet", _settings(config="imagenet_256_cc.yml", path_y="imagenet"), (45.5, 0.99, 0.01))
+    runs = {r["folder"].name: r for r in summary.load_runs(sorted(root.iterdir()))}
+    assert {k: r["dataset"] for k, r in runs.items()} == {"bed": "LSUN-Bedroom", "cat": "LSUN-Cat",
+                                                          "church": "LSUN-Church", "cc": "ImageNet"}
+    assert runs["bed"]["method"] == "DDNM" and runs["cc"]["method"] == "DDNM [imagenet_256_cc.yml]"
+    text = summary.render(list(runs.values()))
+    other = text.split("## Other tasks and settings")[1].split("## Runs")[0]
+    assert "| LSUN-Church | deblur (gauss) | DDNM | 30.00 / 0.900 / 0.100 |" in other
+    assert "| ImageNet | deblur (gauss) | DDNM [imagenet_256_cc.yml] | 45.50 / 0.990 / 0.010 |" in other
+    # the guided run does not fill the unguided DDNM cell of Table 1
+    inet = text.split("## ImageNet")[1].split("## Other")[0]
+    assert "45.50" not in inet
+    assert summary.dataset_of({"dataset": "LSUN", "category": "tower"}) == "LSUN-tower"
+    assert summary.dataset_of({"dataset": "FFHQ"}) == "FFHQ" and summary.dataset_of({}) == "?"
