@@ -226,3 +226,16 @@ def test_evaluation_sh_runs_lsun_where_the_images_are(tmp_path):
               if line.startswith("python main.py")]
     assert len(set(outputs)) == len(outputs) and not set(outputs) & set(others)
     assert "lsun_church_sr_bc_4_equsplus" in outputs
+
+
+def test_a_legacy_format_state_dict_loads(tmp_path):
+    """DDIM loads these files straight into its Model (no "module." prefix, no list wrapper); converted in
+    2020, they may be in torch's pre-1.6 (non-zip) format, which cannot be memory-mapped: both load."""
+    from guided_diffusion.checkpoints import load_weights
+
+    torch.manual_seed(3)
+    state = build_model(TINY).state_dict()
+    path = tmp_path / "legacy.ckpt"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    model = load_weights(build_model(TINY), path)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
