@@ -103,10 +103,12 @@ def _check_output_path(root: Path) -> None:
 
 def _check_apart(out_root: Path, data_root: Path) -> None:
     """The output folder may not be the dataset folder, inside it or around it: restored images
-    would overwrite the inputs, or be read back as inputs by the next run."""
+    would overwrite the inputs, or be read back as inputs by the next run. For a dataset of one
+    image file the same test refuses an output folder that holds it or surrounds it, and allows
+    one below the file's folder (exp/ beside a photo), since a single file is read alone."""
     out_real, data_real = Path(os.path.realpath(out_root)), Path(os.path.realpath(data_root))
     if out_real == data_real or data_real in out_real.parents or out_real in data_real.parents:
-        raise InputError(f"output folder {out_root} and dataset folder {data_root} overlap (outputs would overwrite "
+        raise InputError(f"output folder {out_root} and dataset {data_root} overlap (outputs would overwrite "
                          f"or join the inputs); choose an -i (or --exp) outside the dataset")
 
 

@@ -5,7 +5,8 @@ same images and prepares them identically (checked against
 ../shared/fixtures/preprocess_metrics.pt):
 
 - `--path_y NAME` is the folder `<exp>/datasets/NAME`, or NAME itself when that
-  does not exist; images are found recursively.
+  does not exist; images are found recursively. NAME may also be one image file:
+  the dataset is that image, named after the file's stem.
 - ImageNet configs with `data.subset_1k: true` read the list file
   `imagenet_val_1k.txt` (from `<exp>/` as the reference lays it out, else from
   the dataset folder): it chooses and orders the images. Preprocessing: centre
@@ -19,6 +20,10 @@ same images and prepares them identically (checked against
 
 Each image keeps its index in that full order; the runner derives the image's
 random seed from it, so a subset run and a full run agree image by image.
+
+For images restored at their own size, `native_size` reads an image's size from its
+header (nothing decoded) and `load_native` loads it unresized, centre-cropped to a
+multiple of what the operator needs (an SR factor).
 """
 import os
 from dataclasses import dataclass
@@ -52,13 +57,18 @@ def _root_candidates(path_y: str, exp: str) -> List[Path]:
     return [Path(exp) / "datasets" / str(path_y), Path(str(path_y))]
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMG_EXTENSIONS)
+
+
 def existing_root(path_y: str, exp: str) -> Optional[Path]:
-    """The folder --path_y names (`<exp>/datasets/<path_y>`, else `path_y`), or None: no side effects."""
-    return next((c for c in _root_candidates(path_y, exp) if c.is_dir()), None)
+    """The folder or image file --path_y names (`<exp>/datasets/<path_y>`, else `path_y`), or None:
+    no side effects."""
+    return next((c for c in _root_candidates(path_y, exp) if c.is_dir() or _is_image_file(c)), None)
 
 
 def resolve_root(path_y: str, exp: str) -> Path:
-    """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path.
+    """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path: a folder, or one image file.
 
     The demo's sets (`demo`, `demo_train`) are written from scikit-image's bundled
     photographs on first use (runners/demo_data.py).
@@ -73,7 +83,8 @@ def resolve_root(path_y: str, exp: str) -> Path:
         return found
     for c in candidates:
         if c.exists():
-            raise DatasetError(f"dataset path {c} is not a folder")
+            raise DatasetError(f"dataset path {c} is neither a folder nor an image file "
+                               f"({', '.join(IMG_EXTENSIONS)}); give one of those")
     raise DatasetError(f"dataset folder not found: --path_y {path_y} (looked for {candidates[0]} and {candidates[1]})")
 
 
@@ -143,8 +154,8 @@ def reference_shuffle(n: int) -> List[int]:
 
 
 def list_images(root: Path, list_file: Optional[Path] = None, shuffle_like_reference: bool = False) -> List[ImageItem]:
-    """All images of the dataset in the reference's order (no subset applied)."""
-    files = _scan(root)
+    """All images of the dataset in the reference's order (no subset applied); root may be one image file."""
+    files = [root] if root.is_file() else _scan(root)
     labels = [-1] * len(files)
     if list_file is not None:
         by_rel = {str(p.relative_to(root)).replace(os.sep, "/"): p for p in files}
@@ -190,7 +201,8 @@ def select_subset(items: List[ImageItem], start: int = -1, end: int = -1) -> Lis
 
 def build_dataset(path_y: str, exp: str, config, subset_start: int = -1, subset_end: int = -1) -> List[ImageItem]:
     root = resolve_root(path_y, exp)
-    list_file = find_list_file(config, exp, root)
+    # one image file is the whole dataset: no list file chooses among it
+    list_file = None if root.is_file() else find_list_file(config, exp, root)
     dataset = str(_cfg_data(config).get("dataset", ""))
     items = list_images(root, list_file, shuffle_like_reference=dataset in ("CelebA_HQ", "FFHQ"))
     return select_subset(items, subset_start, subset_end)
@@ -289,3 +301,41 @@ def reshaped_note(items: Sequence[ImageItem], sizes: Sequence[Tuple[int, int]], 
 def load_batch(items: Sequence[ImageItem], size: int, mode: str) -> torch.Tensor:
     """(B, 3, size, size) in [0, 1] on the CPU."""
     return torch.stack([load_image(it, size, mode) for it in items])
+
+
+def native_size(item: ImageItem) -> Tuple[int, int]:
+    """(H, W) of the image as stored, from its header (nothing is decoded), so that a plan can refuse
+    images the model cannot work on before anything is written. Note: verify_images gives (W, H)."""
+    try:
+        with Image.open(item.path) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return height, width
+
+
+def load_native(item: ImageItem, multiple: int = 1, reason: str = "") -> Tuple[torch.Tensor, Optional[str]]:
+    """(3, H, W) in [0, 1] at the image's own size, RGB, centre-cropped so that H and W are multiples
+    of `multiple` (what the operator needs, e.g. the SR factor, which `reason` names in the note), and a
+    one-line note saying the crop, or None where nothing was cropped."""
+    import torchvision.transforms.functional as TF
+
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a whole number >= 1 (got {multiple!r}); pass e.g. the SR factor")
+    try:
+        with Image.open(item.path) as img:
+            img.load()
+            rgb = _to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read image {item.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    width, height = rgb.size
+    w, h = width - width % multiple, height - height % multiple
+    why = f"{reason} {multiple}" if reason else str(multiple)
+    if not (w and h):
+        raise DatasetError(f"image {item.path} is {width}x{height}, smaller than {why} on a side; "
+                           f"give an image of at least {multiple}x{multiple}")
+    if (w, h) == (width, height):
+        return TF.to_tensor(rgb), None
+    left, top = (width - w) // 2, (height - h) // 2
+    note = f"{item.path.name}: {width}x{height} cropped to {w}x{h} (a multiple of {why})"
+    return TF.to_tensor(rgb.crop((left, top, left + w, top + h))), note

@@ -219,3 +219,81 @@ def test_sixteen_bit_grey_images_keep_their_range(tmp_path):
     assert float((t == 1).float().mean()) < 0.05
     with pytest.raises(data.DatasetError, match="floating-point"):
         data.preprocess(Image.fromarray(np.zeros((8, 8), np.float32)), 8, "resize_square")
+
+
+def test_one_image_file_is_a_dataset_of_that_image(tmp_path):
+    """--path_y may name one image: the dataset is that image under its stem, found in
+    exp/datasets too; a list file (ImageNet subset_1k) does not choose among it."""
+    _write(tmp_path / "photo.png")
+    _write(tmp_path / "other.png", seed=1)                  # beside it, not part of the dataset
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / data.LIST_FILE).write_text("missing.JPEG 3\n")
+    for cfg in (CELEBA_CFG, IMAGENET_CFG):
+        (item,) = data.build_dataset(str(tmp_path / "photo.png"), str(tmp_path / "exp"), cfg)
+        assert (item.index, item.name, item.path, item.label) == (0, "photo", tmp_path / "photo.png", -1)
+    _write(tmp_path / "exp" / "datasets" / "in_exp.jpg", seed=2)
+    assert data.resolve_root("in_exp.jpg", str(tmp_path / "exp")) == tmp_path / "exp" / "datasets" / "in_exp.jpg"
+    assert data.existing_root(str(tmp_path / "photo.png"), "/nope") == tmp_path / "photo.png"
+    assert [it.name for it in data.build_dataset("in_exp.jpg", str(tmp_path / "exp"), CELEBA_CFG)] == ["in_exp"]
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert data.existing_root(str(tmp_path / "notes.txt"), "/nope") is None
+    with pytest.raises(data.DatasetError, match="notes.txt is neither a folder nor an image file"):
+        data.build_dataset(str(tmp_path / "notes.txt"), "/nope", CELEBA_CFG)
+
+
+def _pixels(path, width, height, grey16=False):
+    """A random (height, width) image (incompressible: a cut file misses pixels), saved losslessly."""
+    rng = np.random.default_rng(width * height)
+    if grey16:
+        arr = rng.integers(0, 65536, (height, width)).astype(np.uint16)
+    else:
+        arr = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def test_load_native_keeps_the_size_and_centre_crops_to_a_multiple(tmp_path):
+    arr = _pixels(tmp_path / "photo.png", width=10, height=7)
+    item = data.ImageItem(0, "photo", tmp_path / "photo.png")
+    x, note = data.load_native(item)                                 # multiple 1: the image as stored
+    assert note is None and x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
+    x, note = data.load_native(item, 4, reason="the SR factor")
+    # 7 -> 4 rows from row 1, 10 -> 8 columns from column 1 (the centre, rounded towards the top-left)
+    assert torch.equal(x, torch.from_numpy(arr[1:5, 1:9]).permute(2, 0, 1).float() / 255)
+    assert note == "photo.png: 10x7 cropped to 8x4 (a multiple of the SR factor 4)"
+    assert data.load_native(item, 7)[1] == "photo.png: 10x7 cropped to 7x7 (a multiple of 7)"
+    assert data.load_native(item, 7)[0].shape == (3, 7, 7)
+    with pytest.raises(data.DatasetError, match=r"photo.png is 10x7, smaller than the SR factor 8 on a side"):
+        data.load_native(item, 8, reason="the SR factor")
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="multiple must be a whole number"):
+            data.load_native(item, bad)
+
+
+def test_load_native_converts_like_the_resized_path(tmp_path):
+    """Grey 16-bit images are scaled by their bit depth (not clipped) into three equal channels;
+    an unreadable file is named."""
+    arr = _pixels(tmp_path / "g16.png", width=6, height=5, grey16=True)
+    x, note = data.load_native(data.ImageItem(0, "g16", tmp_path / "g16.png"))
+    expected = torch.from_numpy((arr // 257).astype(np.float32) / 255)
+    assert note is None and x.shape == (3, 5, 6)
+    assert all(torch.equal(x[c], expected) for c in range(3))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    with pytest.raises(data.DatasetError, match="cannot read image .*bad.png"):
+        data.load_native(data.ImageItem(0, "bad", tmp_path / "bad.png"))
+
+
+def test_native_size_reads_the_header_only(tmp_path):
+    """(H, W) from the header: a file cut after its header still gives its size, which decoding refuses."""
+    whole = tmp_path / "whole.png"
+    _pixels(whole, width=90, height=40)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:200])
+    assert data.native_size(data.ImageItem(0, "whole", whole)) == (40, 90)
+    assert data.native_size(data.ImageItem(0, "cut", cut)) == (40, 90)
+    with pytest.raises(data.DatasetError, match="cut.png"):
+        data.load_native(data.ImageItem(0, "cut", cut))
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(data.DatasetError, match="cannot read image .*bad.png"):
+        data.native_size(data.ImageItem(0, "bad", tmp_path / "bad.png"))
