@@ -13,9 +13,9 @@ normalised to sum to one at every pixel:
   Mixture of Diffusers), which favours each window's centre over its borders.
 
 Window positions per axis go from 0 in steps of `stride`, the last one flush with
-the image edge. The crop indices and the normalising weight map are built once per
-(H, W, device, dtype) and cached; cutting and blending are one gather and one
-accumulate (index tensors, no per-pixel Python loop, no host sync). An image of
+the image edge. The window list and the normalising weight map are built once per
+(H, W, device, dtype) and cached on the image's device; cutting and blending are a
+slice copy / add per window (no per-pixel Python loop, no host sync). An image of
 exactly the window size goes to the model untouched, in one call.
 """
 from typing import Callable, Dict, List, Tuple

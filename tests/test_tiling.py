@@ -242,3 +242,13 @@ def test_tiled_demo_prior_leaves_no_seams_on_a_held_out_photo():
 
     for size, axis in ((H, 2), (W, 3)):
         assert abs(ratio(out, size, axis) - 1) < 0.10
+
+
+@pytest.mark.parametrize("deg", ["inpainting", "colorization"])
+def test_mask_shift_window_operators_are_exact_crops(deg):
+    """Inpainting windows get their crop of the global mask; both results agree with y."""
+    op = build_operator(deg, image_size=(40, 72))
+    y = op.A(torch.rand(1, 3, 40, 72, generator=torch.Generator().manual_seed(5)) * 2 - 1)
+    out = restore_mask_shift(GaussianEps(_constant_mean(), 0.3), operator_builder(deg, op=op), op, y, BETAS,
+                             SamplerConfig(steps=4), seeds=[0], window=32)
+    torch.testing.assert_close(op.A(out.x0), y, rtol=0, atol=1e-5)
