@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from functions.masks import center_box_mask, default_mask, random_pixel_mask, resize_mask, resolve_mask
-from functions.operators import build_operator, reference_apy
-from functions.operators.deblur import conv_matrix
+from functions.operators import blur_kernels, build_operator, reference_apy
+from functions.operators.deblur import NullBlocks, conv_matrix
 from functions.operators.super_resolution import bicubic_kernel, strided_conv_matrix
 
 # (deg, deg_scale) at every size below; SR factors divide all of them
 CASES = [("sr_averagepooling", 2), ("sr_averagepooling", 3), ("inpainting", None), ("colorization", None),
-         ("denoising", None)]
+         ("denoising", None), ("sr_bicubic", 2), ("sr_bicubic", 3), ("deblur_uni", None), ("deblur_gauss", None),
+         ("deblur_aniso", None)]
 SIZES = [(24, 42), (42, 24), (21, 33)]
 LAMBDA_ARGS = dict(a=0.9, sigma_y=0.2, sigma_t=0.3, eta=0.85)
 
@@ -95,7 +96,14 @@ def test_transposing_the_image_transposes_the_result(deg, scale):
     if deg == "inpainting":
         pytest.skip("a random mask is not symmetric")
     H, W = 24, 42
-    op, op_t = _build(deg, scale, (H, W), dtype=torch.float64), _build(deg, scale, (W, H), dtype=torch.float64)
+    kw = dict(dtype=torch.float64)
+    kw_t = dict(kw)
+    if deg.startswith("deblur"):
+        # the true blur: the reference's mismatched singular values follow the sort order, not the axes
+        kw["blur_svd"] = kw_t["blur_svd"] = "matched"
+        k_rows, k_cols = blur_kernels(deg)
+        kw_t["kernels"] = (k_cols, k_rows)                   # aniso: the sigmas follow the axes
+    op, op_t = _build(deg, scale, (H, W), **kw), _build(deg, scale, (W, H), **kw_t)
     x = _x((1, 3, H, W), dtype=torch.float64)
     y, y_t = op.A(x), op_t.A(x.transpose(2, 3))
     k = op.num_measurements // (H * W // (scale or 1) ** 2)          # channels in y
@@ -123,6 +131,43 @@ def test_inpainting_at_hxw_keeps_the_mask_pixels():
     assert torch.allclose(apy, torch.where(mask, x, torch.full_like(x, -1.0)), atol=1e-6)   # x + 1 - 1 rounds
 
 
+def test_bicubic_at_hxw_is_the_strided_filter_on_each_axis():
+    """(H/r x H) down the columns, (W/r x W) along the rows; nothing is truncated at these sizes."""
+    for (H, W), r in (((24, 42), 2), ((21, 33), 3)):
+        op = build_operator("sr_bicubic", image_size=(H, W), deg_scale=r, dtype=torch.float64)
+        assert op.small == (H // r, W // r) and bool((op.singulars() > 0).all())
+        k = bicubic_kernel(r).double()
+        x = _x((2, 3, H, W), dtype=torch.float64)
+        dense = strided_conv_matrix(k, H, r).double() @ x @ strided_conv_matrix(k, W, r).double().T
+        assert _rel(op.A(x), dense.reshape(2, -1)) < 1e-5            # float32 factors of the float32 matrix
+
+
+def test_blur_at_hxw_is_the_separable_convolution():
+    """Rows matrix of size H, columns matrix of size W; a well-conditioned kernel keeps every singular value."""
+    k_rows, k_cols = torch.tensor([0.25, 0.5, 0.25]), torch.tensor([0.1, 0.6, 0.3])
+    op = build_operator("deblur_aniso", image_size=(24, 42), kernels=(k_rows, k_cols), blur_svd="matched",
+                        dtype=torch.float64)
+    assert bool((op.singulars() > 0).all())
+    x = _x((2, 3, 24, 42), dtype=torch.float64)
+    dense = conv_matrix(k_rows, 24).double() @ x @ conv_matrix(k_cols, 42).double().T
+    assert _rel(op.A(x), dense.reshape(2, -1)) < 1e-5
+    assert _rel(op.A_pinv(op.A(x)), x) < 1e-5                        # full rank: A^+ A = I
+
+
+@pytest.mark.parametrize("size", [(40, 72), (45, 26)])
+def test_null_blocks_at_hxw_are_the_dense_projector(size):
+    op = build_operator("deblur_gauss", image_size=size, dtype=torch.float64)
+    assert bool(op._null_grid.any())
+    x = _x((2, 3) + size, dtype=torch.float64)
+    dense = op._Vr @ (op._null_grid * (op._Vr.T @ x @ op._Vc)) @ op._Vc.T
+    for height in (8, 16):
+        blocks = NullBlocks(op._Vr, op._Vc, op._null_grid, height)
+        assert len(blocks.blocks) >= 1
+        assert torch.allclose(blocks(x), dense, atol=1e-12)
+    H, W = size
+    assert NullBlocks.macs(op._null_grid, 8)[1] == 2 * H * W * (H + W) + 4 * 4e5
+
+
 def test_per_image_batching_at_hxw():
     for deg, scale in CASES:
         op = _build(deg, scale, (24, 42) if scale == 2 else (21, 33))
@@ -130,6 +175,12 @@ def test_per_image_batching_at_hxw():
         y = op.A(x)
         assert torch.equal(torch.cat([op.A(x[i:i + 1]) for i in range(3)]), y), deg
         assert torch.equal(torch.cat([op.A_pinv(y[i:i + 1]) for i in range(3)]), op.A_pinv(y)), deg
+
+
+def test_reference_apy_of_a_blur_at_hxw_is_y():
+    op = build_operator("deblur_gauss", image_size=(24, 42))
+    y = op.A(_x((2, 3, 24, 42)))
+    assert torch.equal(reference_apy(op, y), y.reshape(2, 3, 24, 42))
 
 
 def test_save_load_at_hxw(tmp_path):

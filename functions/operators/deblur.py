@@ -31,6 +31,9 @@ This is why the reference's DDNM+ on noisy deblur_gauss fails (fixtures README:
 MSE 1.02 against DDRM's 0.26; the public report of PSNR < 10). lambda_mode="svd"
 uses this operator's own singular values throughout, which removes 2 and 3.
 
+Any H x W: the rows matrix (H x H) acts down the columns, the columns matrix
+(W x W) along the rows; a square image with one kernel shares one factorisation.
+
 The separable form makes A, A^T, A^+: U_r (G * (V_r^T X V_c)) U_c^T with G the
 (C, H, W) grid of each coordinate's singular value, two small matrix products per
 side. No (CHW)^2 matrix anywhere.
@@ -79,41 +82,39 @@ def conv_matrix(kernel: torch.Tensor, size: int) -> torch.Tensor:
 class NullBlocks:
     """null_space(x) = V_r (N * (V_r^T X V_c)) V_c^T computed on the rows and columns where N is 1.
 
-    N (C, n, n) is 1 on the null coordinates. Rows of the spectral grid without any are
+    N (C, H, W) is 1 on the null coordinates. Rows of the spectral grid without any are
     skipped; the others are cut into blocks of `height` rows, and each block multiplies
     by the columns of V_c that its rows need (the union over its rows and the channels),
-    with N's entries there as its mask. Each image is laid out rows-first, (n, C, n), so
+    with N's entries there as its mask. Each image is laid out rows-first, (H, C, W), so
     that every product is one matrix product over its channels.
 
     Exactly the dense formula, up to float rounding; `plan` returns None where the
     blocks would not save work (small images, or null coordinates everywhere)."""
 
     def __init__(self, Vr, Vc, null_grid, height):
-        n = Vr.shape[0]
-        rows_used = null_grid.bool().any(0)                     # (n, n): any channel null there
+        rows_used = null_grid.bool().any(0)                     # (H, W): any channel null there
         rows = rows_used.any(1).nonzero().flatten()
-        self.n = n
-        self.Vr_rows = Vr[:, rows].contiguous()                 # (n, R)
-        self.Vr_rows_t = self.Vr_rows.T.contiguous()            # (R, n)
+        self.Vr_rows = Vr[:, rows].contiguous()                 # (H, R)
+        self.Vr_rows_t = self.Vr_rows.T.contiguous()            # (R, H)
         self.blocks = []
         for k in range(0, rows.numel(), height):
             block_rows = rows[k:k + height]
             cols = rows_used[block_rows].any(0).nonzero().flatten()
-            Vc_cols = Vc[:, cols].contiguous()                  # (n, W)
-            mask = null_grid[:, block_rows][:, :, cols].permute(1, 0, 2).contiguous()   # (h, C, W)
+            Vc_cols = Vc[:, cols].contiguous()                  # (W, w)
+            mask = null_grid[:, block_rows][:, :, cols].permute(1, 0, 2).contiguous()   # (h, C, w)
             self.blocks.append((k, k + block_rows.numel(), Vc_cols, Vc_cols.T.contiguous(), mask))
 
     @staticmethod
     def macs(null_grid, height):
         """Multiply-adds per image and channel (with the per-operation overhead) of this plan, and of the dense one."""
         used = null_grid.bool().any(0)
-        n = used.shape[0]
+        H, W = used.shape
         rows = used.any(1).nonzero().flatten()
-        blocked = 2 * rows.numel() * n * n + 3 * OP_OVERHEAD_MACS
+        blocked = 2 * rows.numel() * H * W + 3 * OP_OVERHEAD_MACS
         for k in range(0, rows.numel(), height):
             width = int(used[rows[k:k + height]].any(0).sum())
-            blocked += 2 * rows[k:k + height].numel() * n * width + 3 * OP_OVERHEAD_MACS
-        return blocked, 4 * n ** 3 + 4 * OP_OVERHEAD_MACS
+            blocked += 2 * rows[k:k + height].numel() * W * width + 3 * OP_OVERHEAD_MACS
+        return blocked, 2 * H * W * (H + W) + 4 * OP_OVERHEAD_MACS
 
     @classmethod
     def plan(cls, Vr, Vc, null_grid):
@@ -134,13 +135,13 @@ class NullBlocks:
         return self._one(X[0]).contiguous()[None]
 
     def _one(self, image):
-        C, n, _ = image.shape
-        P = (self.Vr_rows_t @ image.transpose(0, 1).reshape(n, -1)).view(-1, C, n)   # (R, C, n)
+        C, H, W = image.shape
+        P = (self.Vr_rows_t @ image.transpose(0, 1).reshape(H, -1)).view(-1, C, W)   # (R, C, W)
         Q = torch.empty_like(P)
         for r0, r1, Vc_cols, Vc_cols_t, mask in self.blocks:
-            Y = (P[r0:r1].reshape(-1, n) @ Vc_cols).view(r1 - r0, C, -1).mul_(mask)
-            torch.matmul(Y.view(-1, Y.shape[-1]), Vc_cols_t, out=Q[r0:r1].view(-1, n))
-        return (self.Vr_rows @ Q.view(Q.shape[0], -1)).view(n, C, n).transpose(0, 1)
+            Y = (P[r0:r1].reshape(-1, W) @ Vc_cols).view(r1 - r0, C, -1).mul_(mask)
+            torch.matmul(Y.view(-1, Y.shape[-1]), Vc_cols_t, out=Q[r0:r1].view(-1, W))
+        return (self.Vr_rows @ Q.view(Q.shape[0], -1)).view(H, C, W).transpose(0, 1)
 
 
 class SeparableBlur(SVDOperator):
@@ -153,7 +154,7 @@ class SeparableBlur(SVDOperator):
     float32 fixes only to ~eps / gap; injecting factors reproduces another machine's.
     """
 
-    def __init__(self, name: str, kernel_rows: torch.Tensor, kernel_cols: torch.Tensor, image_size: int,
+    def __init__(self, name: str, kernel_rows: torch.Tensor, kernel_cols: torch.Tensor, image_size,
                  channels: int, device="cpu", dtype=torch.float32, lambda_mode: str = "reference",
                  blur_svd: str = "reference", reference_lambda: bool = False, svd_factors=None,
                  null_blocks=None):
@@ -163,13 +164,13 @@ class SeparableBlur(SVDOperator):
         self.name = name
         self.blur_svd = blur_svd
         self.has_reference_lambda = reference_lambda
-        n, C = image_size, channels
+        H, W, C = self.height, self.width, channels
         self.kernel_rows = kernel_rows.detach().float().cpu()
         self.kernel_cols = kernel_cols.detach().float().cpu()
         if svd_factors is None:
-            Ur, Sr, Vr = reference_svd(conv_matrix(self.kernel_rows, n), dtype)
-            same = torch.equal(self.kernel_rows, self.kernel_cols)
-            Uc, Sc, Vc = (Ur, Sr, Vr) if same else reference_svd(conv_matrix(self.kernel_cols, n), dtype)
+            Ur, Sr, Vr = reference_svd(conv_matrix(self.kernel_rows, H), dtype)
+            same = H == W and torch.equal(self.kernel_rows, self.kernel_cols)
+            Uc, Sc, Vc = (Ur, Sr, Vr) if same else reference_svd(conv_matrix(self.kernel_cols, W), dtype)
         else:
             (Ur, Sr, Vr), (Uc, Sc, Vc) = svd_factors
         self._Ur, self._Vr, self._Uc, self._Vc = (self._t(M) for M in (Ur, Vr, Uc, Vc))
@@ -181,7 +182,7 @@ class SeparableBlur(SVDOperator):
         sc[sc < TRUNCATE_BELOW] = 0
         sorted_s, perm = (sr[:, None] * sc[None, :]).reshape(-1).sort(descending=True)
         self._perm = perm.to(self.device)
-        self._idx = interleaved_index(self._perm, C, n * n)
+        self._idx = interleaved_index(self._perm, C, H * W)
         self._inv = inverse_index(self._idx)
         if blur_svd == "reference":
             s = sorted_s.repeat(C)                       # coordinate q gets sorted[q mod HW]
@@ -189,9 +190,9 @@ class SeparableBlur(SVDOperator):
             s = sorted_s.repeat_interleave(C)            # coordinate p*C + c gets sorted[p]
         self._s = self._t(s)
         # the same singular values on the (C, H, W) grid of V_r^T X V_c (float32 holds them exactly)
-        grid = torch.empty(C, n * n, dtype=torch.float32)
-        grid[:, perm] = s.reshape(n * n, C).T
-        self._grid = self._t(grid.reshape(C, n, n))
+        grid = torch.empty(C, H * W, dtype=torch.float32)
+        grid[:, perm] = s.reshape(H * W, C).T
+        self._grid = self._t(grid.reshape(C, H, W))
         self._grid_pinv = torch.where(self._grid > 0, self._grid.reciprocal(), torch.zeros_like(self._grid))
         self._null_grid = (self._grid == 0).to(self._grid.dtype)     # A^+ A = V diag(G > 0) V^T
         # blocks pay on a CPU, where the products are the cost; a GPU does the four full
@@ -212,8 +213,7 @@ class SeparableBlur(SVDOperator):
 
     def _to_grid(self, v):
         v = self._flat(v)
-        n = self.image_size
-        return v.index_select(1, self._inv).reshape(v.shape[0], self.channels, n, n)
+        return v.index_select(1, self._inv).reshape(v.shape[0], *self.image_shape)
 
     @per_image
     def Vt(self, x):

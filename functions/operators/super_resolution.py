@@ -10,7 +10,8 @@ sr_bicubic (reference `SRConv`, which has no DDNM+ formulas): the 1-D matrix tak
 taps j in [i - K/2, i + K/2) around i = r/2 + r*row (the last tap of the 4r-tap
 bicubic kernel (a = -0.5) is dropped), with reflective boundary; its singular
 values below 3e-2 are zeroed. The 2-D operator is that matrix along rows and along
-columns; A, A^T and A^+ are two small matrix products per channel.
+columns (of size H/r x H down the columns, W/r x W along the rows: any H x W that r
+divides); A, A^T and A^+ are two small matrix products per channel.
 
 Reference Lambda_noise for average pooling scales the raw patch pixels where the
 SVD formula scales V_small^T times them (see `_reference_noise_coords`).
@@ -154,21 +155,35 @@ class BicubicSR(SVDOperator):
 
     name = "sr_bicubic"
 
-    def __init__(self, image_size: int, channels: int, factor: int, device="cpu", dtype=torch.float32,
+    def __init__(self, image_size, channels: int, factor: int, device="cpu", dtype=torch.float32,
                  lambda_mode: str = "reference", kernel: torch.Tensor = None):
         super().__init__(image_size, channels, device, dtype, lambda_mode)
         self.factor = r = int(factor)
-        n, k = image_size, image_size // r
-        self.small = k
+        _check_factor(self.name, r, self.height, self.width)
+        H, W = self.height, self.width
+        self.small_h, self.small_w = kh, kw = H // r, W // r
+        self.small = _side_or_shape(kh, kw)
         self.kernel = bicubic_kernel(r) if kernel is None else kernel.detach().float().cpu()
+        # one 1-D factorisation per side: rows (kh, H) act down the columns, columns (kw, W) along rows
+        rows = self._side(H, dtype)
+        Ur, Sr, Vr, A1r, A1r_pinv = rows
+        Uc, Sc, Vc, A1c, A1c_pinv = rows if W == H else self._side(W, dtype)
+        self._Ur, self._Vr, self._A1r, self._A1r_pinv = Ur, Vr, A1r, A1r_pinv
+        self._Uc, self._Vc, self._A1c, self._A1c_pinv = Uc, Vc, A1c, A1c_pinv
+        if H == W:      # the one pair of factors of a square operator (benchmarks/reference_operators.py)
+            self._U_small, self._V_small = Ur, Vr
+        self._s = self._t(torch.outer(Sr, Sc).reshape(-1)).repeat_interleave(channels)
+
+    def _side(self, n: int, dtype):
+        """(U, S, V, A1, A1^+) of the 1-D strided filter on a side of length n, S truncated."""
+        r, k = self.factor, n // self.factor
         U, S, V = reference_svd(strided_conv_matrix(self.kernel, n, r), dtype)
         S = S.clone()
         S[S < TRUNCATE_BELOW] = 0
         S_pinv = torch.where(S > 0, 1 / torch.where(S > 0, S, torch.ones_like(S)), torch.zeros_like(S))
-        self._U_small, self._V_small = self._t(U), self._t(V)
-        self._A1 = self._t(U @ torch.diag(S) @ V[:, :k].T)            # truncated (k, n)
-        self._A1_pinv = self._t(V[:, :k] @ torch.diag(S_pinv) @ U.T)   # (n, k)
-        self._s = self._t(torch.outer(S, S).reshape(-1)).repeat_interleave(channels)
+        A1 = self._t(U @ torch.diag(S) @ V[:, :k].T)            # truncated (k, n)
+        A1_pinv = self._t(V[:, :k] @ torch.diag(S_pinv) @ U.T)   # (n, k)
+        return self._t(U), S, self._t(V), A1, A1_pinv
 
     def singulars(self):
         return self._s
@@ -176,47 +191,47 @@ class BicubicSR(SVDOperator):
     @per_image
     def Vt(self, x):
         x = self._image(x)
-        B, C, k = x.shape[0], self.channels, self.small
-        T = self._V_small.T @ x @ self._V_small
-        parts = [T[:, :, :k, :k].reshape(B, C, -1), T[:, :, :k, k:].reshape(B, C, -1),
-                 T[:, :, k:, :].reshape(B, C, -1)]
+        B, C, kh, kw = x.shape[0], self.channels, self.small_h, self.small_w
+        T = self._Vr.T @ x @ self._Vc
+        parts = [T[:, :, :kh, :kw].reshape(B, C, -1), T[:, :, :kh, kw:].reshape(B, C, -1),
+                 T[:, :, kh:, :].reshape(B, C, -1)]
         return torch.cat(parts, dim=2).permute(0, 2, 1).reshape(B, -1)
 
     @per_image
     def V(self, v):
         v = self._flat(v)
-        B, C, n, k = v.shape[0], self.channels, self.image_size, self.small
-        t = v.reshape(B, n * n, C).permute(0, 2, 1)
-        T = torch.empty(B, C, n, n, dtype=v.dtype, device=v.device)
-        T[:, :, :k, :k] = t[:, :, : k * k].reshape(B, C, k, k)
-        T[:, :, :k, k:] = t[:, :, k * k: k * n].reshape(B, C, k, n - k)
-        T[:, :, k:, :] = t[:, :, k * n:].reshape(B, C, n - k, n)
-        return self._V_small @ T @ self._V_small.T
+        B, C, H, W, kh, kw = v.shape[0], self.channels, self.height, self.width, self.small_h, self.small_w
+        t = v.reshape(B, H * W, C).permute(0, 2, 1)
+        T = torch.empty(B, C, H, W, dtype=v.dtype, device=v.device)
+        T[:, :, :kh, :kw] = t[:, :, : kh * kw].reshape(B, C, kh, kw)
+        T[:, :, :kh, kw:] = t[:, :, kh * kw: kh * W].reshape(B, C, kh, W - kw)
+        T[:, :, kh:, :] = t[:, :, kh * W:].reshape(B, C, H - kh, W)
+        return self._Vr @ T @ self._Vc.T
 
     def _small_image(self, y):
-        return self._flat(y).reshape(-1, self.channels, self.small, self.small)
+        return self._flat(y).reshape(-1, self.channels, self.small_h, self.small_w)
 
     @per_image
     def U(self, y):
-        B, C, k = y.shape[0], self.channels, self.small
-        t = self._flat(y).reshape(B, k * k, C).permute(0, 2, 1).reshape(B, C, k, k)
-        return (self._U_small @ t @ self._U_small.T).reshape(B, -1)
+        B, C, kh, kw = y.shape[0], self.channels, self.small_h, self.small_w
+        t = self._flat(y).reshape(B, kh * kw, C).permute(0, 2, 1).reshape(B, C, kh, kw)
+        return (self._Ur @ t @ self._Uc.T).reshape(B, -1)
 
     @per_image
     def Ut(self, y):
         B, C = y.shape[0], self.channels
-        t = self._U_small.T @ self._small_image(y) @ self._U_small
+        t = self._Ur.T @ self._small_image(y) @ self._Uc
         return t.reshape(B, C, -1).permute(0, 2, 1).reshape(B, -1)
 
     @per_image
     def A(self, x):
         x = self._image(x)
-        return (self._A1 @ x @ self._A1.T).reshape(x.shape[0], -1)
+        return (self._A1r @ x @ self._A1c.T).reshape(x.shape[0], -1)
 
     @per_image
     def At(self, y):
-        return self._A1.T @ self._small_image(y) @ self._A1
+        return self._A1r.T @ self._small_image(y) @ self._A1c
 
     @per_image
     def A_pinv(self, y):
-        return self._A1_pinv @ self._small_image(y) @ self._A1_pinv.T
+        return self._A1r_pinv @ self._small_image(y) @ self._A1c_pinv.T
