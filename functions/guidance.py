@@ -10,8 +10,8 @@ the simplified rule), with time travel, and with EquS: the EquS wrappers call it
 T(x_t), so the classifier sees the same transformed image as the UNet, and the gradient
 (computed in that frame) goes back through T^-1 together with the eps.
 
-The gradient is computed inside `torch.enable_grad()` for this call only, on a detached
-leaf copy of x, with the classifier's weights left out of the graph; nothing returned
+The gradient is computed inside `torch.enable_grad()` (and outside inference mode) for this
+call only, on a detached leaf copy of x, with the classifier's weights left out of the graph; nothing returned
 requires grad and no graph outlives the call, so memory does not grow with the steps
 (the sampling loop itself runs under no_grad).
 
@@ -133,9 +133,12 @@ class GuidedEps:
     def grad_log_prob(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """s * grad_x sum_i log softmax(classifier(x, t))[i, c_i] (guided-diffusion's cond_fn)."""
         labels = self._labels_for(x.shape[0], x.device)
-        with torch.enable_grad():
-            x_in = x.detach().to(_input_dtype(self.classifier, x.dtype)).requires_grad_(True)
-            logits = self.classifier(x_in, t)
+        # inference_mode(False): also works when the caller samples under torch.inference_mode
+        # (its tensors are copied into ordinary ones, which autograd accepts)
+        with torch.inference_mode(False), torch.enable_grad():
+            x_in = x.detach().to(_input_dtype(self.classifier, x.dtype), copy=True).requires_grad_(True)
+            logits = self.classifier(x_in, t.clone())
+            labels = labels.clone()
             log_probs = F.log_softmax(logits.float(), dim=-1)
             selected = log_probs.gather(1, labels[:, None]).sum()
             (grad,) = torch.autograd.grad(selected, x_in)

@@ -77,6 +77,8 @@ def test_correct_mode_subtracts_the_scaled_cond_fn_gradient(reference):
     assert eps.shape == fx["x"].shape
     assert (eps - expected).abs().max().item() <= 1e-4
     assert not eps.requires_grad
+    with torch.inference_mode():     # a caller sampling in inference mode gets the same
+        assert torch.equal(guided(fx["x"], fx["t"]), eps)
 
 
 # ---------------------------------------------------------------- composition, on a closed-form toy
