@@ -11,6 +11,15 @@ from guided_diffusion.classifier import (EncoderUNetModel, build_classifier, cla
 from guided_diffusion.models import load_config
 from tests.shared import fixture, shared_path
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: on a shared 2-core machine a second thread only adds waiting (10x under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # the fixture's EncoderUNetModel arguments, written as a config's classifier section
 SMALL_SECTION = {"image_size": 64, "classifier_width": 32, "classifier_depth": 1,
                  "classifier_attention_resolutions": "16,8", "classifier_channel_mult": "1,2,2,2",

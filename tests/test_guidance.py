@@ -16,6 +16,16 @@ from tests.shared import fixture
 
 ABAR = torch.cumprod(1 - BETAS.double(), 0).float()
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: on a shared 2-core machine a second thread only adds waiting (10x under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- the reference's guided DDNM
 
 
