@@ -211,6 +211,7 @@ def test_wrong_image_shape_is_refused_naming_h_and_w():
     ("sr_averagepooling", (24, 42), 4, "dividing both sides"),
     ("sr_averagepooling", (42, 24), 4, "dividing both sides"),
     ("sr_averagepooling", (24, 40), 3, "dividing both sides"),
+    ("sr_bicubic", (4, 64), 4, "too large for an image side of 4"),
     ("denoising", (24, 0), None, "image_size"),
     ("denoising", (24, 40, 3), None, "image_size"),
     ("denoising", (24.5, 40), None, "image_size"),
@@ -245,6 +246,21 @@ def test_mask_files_at_hxw(tmp_path):
     np.save(tmp_path / "m.npy", src)
     out = resolve_mask(str(tmp_path / "m.npy"), (20, 60))
     assert torch.equal(out, torch.from_numpy(src).repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_png_mask_at_hxw(tmp_path):
+    from PIL import Image
+    src = np.random.default_rng(5).random((16, 8)) > 0.5
+    Image.fromarray((src * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    out = resolve_mask(str(tmp_path / "m.png"), (48, 24))
+    assert torch.equal(out, torch.from_numpy(src).repeat_interleave(3, 0).repeat_interleave(3, 1))
+
+
+def test_bad_mask_size_is_refused_in_one_line():
+    for size in ((0, 5), (4, 5, 6), "64"):
+        with pytest.raises(ValueError, match="mask size") as info:
+            resolve_mask("box:0.2", size)
+        assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("size,ratio", [((24, 40), 0.25), ((40, 24), 0.25), ((60, 100), 0.36), ((21, 33), 0.5)])

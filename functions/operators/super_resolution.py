@@ -141,7 +141,7 @@ def strided_conv_matrix(kernel: torch.Tensor, size: int, stride: int) -> torch.T
     j_eff = np.where(j < 0, -j - 1, j)
     j_eff = np.where(j_eff >= size, (size - 1) - (j_eff - size), j_eff)
     if j_eff.min() < 0 or j_eff.max() >= size:
-        raise ValueError(f"sr_bicubic: factor {stride} is too large for image_size {size} "
+        raise ValueError(f"sr_bicubic: factor {stride} is too large for an image side of {size} pixels "
                          f"(the {K}-tap kernel reflects past both borders)")
     rows = np.broadcast_to((centres // stride)[:, None], j.shape)
     M = np.zeros((size // stride, size), dtype=np.float64)
