@@ -113,7 +113,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="sampling steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (the median is shown)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     betas = make_betas({"beta_schedule": "linear"})
     eps_model, classifier = networks(args.size, device)
