@@ -88,6 +88,9 @@ def test_pseudo_inverse_and_projector_at_hxw(deg, scale, size):
     for mode in ("reference", "svd"):                                       # DDNM+ Lambda at sigma_y = 0 is I
         op.lambda_mode = mode
         assert _rel(op.Lambda(x, a=0.9, sigma_y=0.0, sigma_t=0.3, eta=0.85), x) < 1e-5
+    eps = _x(x.shape, 4, torch.float64)                                     # ... and its noise DDIM's
+    noise = op.Lambda_noise(x, a=0.9, sigma_y=0.0, sigma_t=0.3, eta=0.85, eps=eps)   # (svd mode)
+    assert _rel(noise, 0.3 * 0.85 * x + 0.3 * (1 - 0.85 ** 2) ** 0.5 * eps) < 1e-5
 
 
 @pytest.mark.parametrize("deg,scale", CASES)
