@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tiles", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tasks", default="mask_color_sr,sr_averagepooling", help="comma-separated subset")
+    ap.add_argument("--clip_x0", action="store_true", help="clamp x0 to [-1, 1] (off in the reference)")
     args = ap.parse_args()
     device = torch.device(args.device)
 
@@ -74,10 +76,11 @@ def main():
     seeds = list(range(args.seeds))
     batch_x = x.repeat_interleave(len(seeds), 0)                       # tile-major, seeds inside
     batch_seeds = [1000 * i + s for i in range(len(x)) for s in seeds]
-    tasks = [("mask_color_sr", 2, scratch_mask()), ("sr_averagepooling", 4, None)]
+    tasks = [t for t in [("mask_color_sr", 2, scratch_mask()), ("sr_averagepooling", 4, None)]
+             if t[0] in args.tasks.split(",")]
 
     print(f"# simplified rule noise modes: demo prior, {len(x)} tiles x {len(seeds)} seeds, {args.steps} steps, "
-          f"eta 0.85; {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"eta 0.85, clip_x0 {args.clip_x0}; {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}")
     print(f"{'task':<22}{'sigma_y':>8}{'mode':>11}{'PSNR dB':>16}{'|Ax-y| rms':>12}{'|Ax-Ax0| rms':>14}{'s':>7}")
     for deg, scale, mask in tasks:
@@ -89,7 +92,7 @@ def main():
             y = y_clean + sigma * noise_y
             for mode in ("reference", "ddim"):
                 cfg = SamplerConfig(sampler="simplified", simplified_noise=mode, steps=args.steps, eta=0.85,
-                                    sigma_y=sigma)
+                                    sigma_y=sigma, clip_x0=args.clip_x0)
                 t0 = time.time()
                 out = restore(eps_model, op, y, betas, cfg, seeds=batch_seeds).x0
                 dt = time.time() - t0
