@@ -14,7 +14,7 @@ import torch
 
 from functions import metrics
 from functions.noise import measurement_seed, seed_for
-from runners import data
+from runners import conditioning, data, photos
 from runners.devices import _precision, sync_device
 from runners.plan import Plan
 from runners.results import non_finite, save_image
@@ -35,8 +35,8 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
 
     args, out, op, device, ctx = plan.args, plan.out, plan.op, plan.device, plan.dist
     betas = make_betas(plan.config.get("diffusion", {}))
+    guide = conditioning.Conditioning(plan, eps_model, betas)
     lp = metrics.LPIPSMetric(None if args.lpips_net == "none" else args.lpips_net, device, warn=LOG.warning)
-    class_cond = bool((plan.config.get("model", {}) or {}).get("class_cond", False))
     sigma_model = 2.0 * args.sigma_y
     psnrs = [p for p in earlier_psnr if p is not None]
     precision = _precision(eps_model, device)
@@ -48,6 +48,9 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
         bar = tqdm.tqdm(total=len(pending), unit="img", dynamic_ncols=True, file=sys.stderr,
                         disable=not ctx.is_main)
     try:
+        if plan.photo_sizes:   # images at their own size, one at a time (runners/photos.py)
+            photos.restore_photos(plan, eps_model, pending, bar, psnrs, guide.for_photo)
+            return
         for start in range(0, len(pending), plan.batch_size):
             batch = pending[start:start + plan.batch_size]
             x01 = data.load_batch(batch, plan.image_size, plan.preprocess).to(device)
@@ -59,14 +62,11 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                     y = y + sigma_model * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
                 apy = op.A_pinv(y).reshape(x.shape)
                 ref_apy = reference_apy(op, y)   # the reference's saved "Apy", where it is not A^+ y
-            labels = None
-            if class_cond:  # every image has a label (checked while planning)
-                labels = torch.tensor([it.label for it in batch], device=device)
 
             sync_device(device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                result = restore(_bind_labels(eps_model, labels), op, y, betas, plan.sampler_cfg,
+                result = restore(guide.for_batch(batch), op, y, betas, plan.sampler_cfg,
                                  seeds=[seed_for(args.seed, it.index) for it in batch])
             sync_device(device)  # the one wait per batch: the sampling loop itself never reads back
             seconds = (time.perf_counter() - t0) / len(batch)
@@ -102,17 +102,6 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                 bar.set_description(f"PSNR: {mean:.2f}")
     finally:
         bar.close()
-
-
-def _bind_labels(eps_model, labels: Optional[torch.Tensor]):
-    if labels is None:
-        return eps_model
-
-    def eps(x, t):
-        k = x.shape[0] // labels.shape[0]  # group-averaged EquS stacks k transformed copies of the batch
-        return eps_model(x, t, labels.repeat(k))
-
-    return eps
 
 
 def _to01(x: torch.Tensor) -> torch.Tensor:

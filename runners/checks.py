@@ -28,8 +28,20 @@ def _check_flags(args) -> None:
         raise InputError(f"--noise_type {args.noise_type} is not supported; only gaussian is")
     if args.EquS and args.EquSplus:
         raise InputError("--EquS and --EquSplus are exclusive; choose one")
-    if args.simplified:
-        raise InputError("--simplified (the reference's SVD-free DDNM) is not supported; drop the flag")
+    photos = getattr(args, "native_size", False) or getattr(args, "resize_y", False)
+    if not photos and (getattr(args, "tiling", "average") != "average" or getattr(args, "tile_stride", None) is not None):
+        raise InputError("--tiling / --tile_stride apply to images larger than the model; add --native_size (or "
+                         "--resize_y) or drop them")
+    if getattr(args, "tile_stride", None) is not None and args.tile_stride < 1:
+        raise InputError(f"--tile_stride must be >= 1 pixel (got {args.tile_stride})")
+    if getattr(args, "classifier_scale", None) is not None and not (args.classifier_scale >= 0
+                                                                    and math.isfinite(args.classifier_scale)):
+        raise InputError(f"--classifier_scale must be a number >= 0 (got {args.classifier_scale})")
+    if getattr(args, "class_label", None) is not None and args.class_label < 0:
+        raise InputError(f"--class must be a class index >= 0 (got {args.class_label})")
+    if photos and getattr(args, "guidance", "correct") == "reference":
+        raise InputError("--guidance reference (the official runner's defect) is for the benchmark path; drop "
+                         "--native_size / --resize_y or use --guidance correct")
     if args.seed < 0:
         raise InputError(f"--seed must be >= 0 (got {args.seed})")
     if args.batch_size is not None and args.batch_size < 1:

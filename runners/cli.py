@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--config", required=True, help="model config: a file in configs/ (e.g. celeba_hq.yml) or a path")
     o.add_argument("--deg", required=True,
                    help="degradation: sr_averagepooling, sr_bicubic, deblur_uni, deblur_gauss, deblur_aniso, "
-                        "colorization, cs_walshhadamard, cs_blockbased, inpainting, denoising")
+                        "colorization, cs_walshhadamard, cs_blockbased, inpainting, denoising; composites (run "
+                        "with the simplified rule): mask_color_sr, sr_color, or parts joined by + applied left to "
+                        "right, e.g. inpainting+colorization+sr_averagepooling")
     o.add_argument("--deg_scale", type=float, default=None,
                    help="degradation parameter: SR factor (e.g. 4) or CS ratio (e.g. 0.25); "
                         "unset = the operator's default")
@@ -70,14 +72,42 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--EquSplus", action="store_true", help="EquS with the timestep-aware schedule (TAS)")
     o.add_argument("--timesteps", type=int, default=None, help="DDNM/DDRM spelling of --steps")
     o.add_argument("--etaB", type=float, default=1.0, help="DDRM's etaB (measured coordinates)")
-    o.add_argument("--simplified", action="store_true", help="the reference's SVD-free DDNM (not supported)")
+    o.add_argument("--simplified", action="store_true",
+                   help="the reference's SVD-free DDNM / DDNM+ step rule (A and an approximate inverse only); "
+                        "composite degradations always use it")
+    o.add_argument("--resize_y", action="store_true",
+                   help="each input file is the measurement y itself (a real low-resolution, grey or damaged "
+                        "photo), restored at its own size (x the SR factor); no ground truth, consistency only")
+    o.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="class-conditional / classifier-guided models: this ImageNet class for every image "
+                        "(default: each image's class from the list file)")
     o.add_argument("--doc", default="", help="accepted for DDRM compatibility; recorded only")
     o.add_argument("--comment", default="", help="free text, recorded in results.json")
     o.add_argument("-s", "--sample", action="store_true", help="accepted for compatibility (always samples)")
 
     n = p.add_argument_group("this project's flags")
-    n.add_argument("--sampler", choices=("ddnm", "ddrm"), default="ddnm",
-                   help="step rule: ddnm (DDNM+ when sigma_y > 0) or ddrm")
+    n.add_argument("--sampler", choices=("ddnm", "ddrm", "simplified"), default="ddnm",
+                   help="step rule: ddnm (DDNM+ when sigma_y > 0), ddrm, or simplified (= --simplified)")
+    n.add_argument("--simplified_noise", choices=("reference", "ddim"), default="reference",
+                   help="the simplified rule's noise: reference (the official loop: std sqrt(1 - abar^2), scaled "
+                        "by gamma even noise-free) or ddim (sqrt(1 - abar): DDNM's update when sigma_y = 0)")
+    n.add_argument("--native_size", action="store_true",
+                   help="each image keeps its own size (cropped to a multiple of the SR factor), non-square "
+                        "included; the network runs on tiles of its own size")
+    n.add_argument("--tiling", choices=("average", "mask_shift"), default="average",
+                   help="images larger than the network (--native_size, --resize_y): average = every window's "
+                        "eps at every step, blended over the overlaps; mask_shift = the reference's hq_demo "
+                        "order, windows restored one after another holding their overlap to finished ones")
+    n.add_argument("--tile_stride", type=int, default=None,
+                   help="step between windows in pixels (default: half the model's image size)")
+    n.add_argument("--guidance", choices=("correct", "reference"), default="correct",
+                   help="classifier guidance (configs with a classifier section, e.g. imagenet_256_cc.yml): "
+                        "correct = gradient at the current x_t for the image's own class; reference = the "
+                        "official runner's (class 951 for every image, gradient at the initial x_T)")
+    n.add_argument("--classifier_scale", type=float, default=None,
+                   help="classifier guidance scale (default: classifier.classifier_scale of the config)")
+    n.add_argument("--classifier_ckpt", default=None,
+                   help="classifier checkpoint (default: the config's classifier.checkpoint under <exp>/)")
     n.add_argument("--equs_mode", choices=("alternate", "average"), default=None,
                    help="EquS variant: alternate (the paper: every other step on T(x_t)) or average "
                         "(eps averaged over the group, one batched pass); implies EquS")
@@ -102,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the official DDNM), x0_hat = the projected one, consistent with y")
     n.add_argument("--schedule", choices=("uniform", "tas", "tas_dedup"), default=None,
                    help="timestep schedule (default: uniform; tas with --EquSplus)")
-    n.add_argument("--batch_size", type=int, default=None, help="images per batch (default: sampling.batch_size of the config)")
+    n.add_argument("--batch_size", type=int, default=None,
+                   help="images per batch (default: sampling.batch_size of the config); with --native_size / "
+                        "--resize_y, windows per network forward (images go one at a time)")
     n.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu; under torchrun cuda:LOCAL_RANK)")
     n.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
@@ -120,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or sdpa (PyTorch's fused scaled_dot_product_attention; equal up to float rounding)")
     n.add_argument("--mask", default=None,
                    help="inpainting mask: .npy or image file (1/bright = kept; square, side = image size or a "
-                        "multiple), or random:R / box:R; default <exp>/inp_masks/mask.npy if present, else the "
-                        "built-in mask")
+                        "multiple; with --native_size / --resize_y: the photo's restored size), or random:R / box:R; "
+                        "default <exp>/inp_masks/mask.npy if present, else the built-in mask")
     n.add_argument("--lambda_mode", choices=("reference", "svd"), default="reference",
                    help="DDNM+ noise scalings: the reference's formulas (defects included) or the operator's SVD")
     n.add_argument("--blur_svd", choices=("reference", "matched"), default="reference",

@@ -26,11 +26,14 @@ LOG = logging.getLogger("equs")
 
 def load_eps_model(plan: Plan):
     """The network as eps(x, t) in the precision and layout the flags ask for."""
-    from guided_diffusion.checkpoints import CheckpointError, download_advice, load_weights, resolve_checkpoint
+    from guided_diffusion.checkpoints import (CheckpointError, download_advice, load_weights, resolve_checkpoint,
+                                              verify_known_checksum)
     from guided_diffusion.models import EpsModel, build_model
+    from runners.conditioning import load_classifier_for
 
     args = plan.args
     path = resolve_checkpoint(plan.config, exp=args.exp, override=args.ckpt)
+    verify_known_checksum(path)   # a checkpoint with a published MD5 (LSUN) that no longer has it is refused
     model = build_model(plan.config)
     try:
         load_weights(model, path)
@@ -48,6 +51,9 @@ def load_eps_model(plan: Plan):
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     LOG.info(f"model: {path} ({_precision(eps_model, plan.device)})")
+    plan.classifier = load_classifier_for(plan)
+    if plan.classifier is not None:
+        LOG.info(f"classifier guidance: {plan.guidance['mode']}, scale {plan.guidance['scale']:g}")
     return eps_model, str(path)
 
 

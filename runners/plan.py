@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from runners import data, distributed
+from runners import data, distributed, photos
 from runners.checks import _check_apart, _check_flags, _check_output_path, _config_int, _mask_source
 from runners.devices import _check_speed_flags, resolve_device
 from runners.errors import InputError
@@ -45,6 +45,12 @@ class Plan:
     batch_size: int
     notes: List[str] = field(default_factory=list)
     dist: distributed.Context = field(default_factory=distributed.Context)
+    # photo runs (--native_size / --resize_y, runners/photos.py): each image's restored (H, W); op is then
+    # the first image's operator, built to check the run (each image gets its own)
+    photo_sizes: Dict[str, tuple] = field(default_factory=dict)
+    # classifier guidance (a config with a classifier section): {mode, scale}; None without
+    guidance: Optional[Dict] = None
+    classifier: object = None       # loaded with the network (runners/execute.load_eps_model)
 
 
 def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
@@ -79,23 +85,34 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     if clash:
         raise InputError(f"input image {clash[0].path} would be written as {reserved.grid.name}, the name of the "
                          f"comparison grid in the output folder; rename that file")
-    if bool((config.get("model", {}) or {}).get("class_cond", False)):
+    guidance = guidance_plan(args, config)
+    needs_labels = bool((config.get("model", {}) or {}).get("class_cond", False)) or bool(guidance)
+    if needs_labels and args.class_label is not None:
+        num_classes = int((config.get("model", {}) or {}).get("num_classes", 1000))
+        if args.class_label >= num_classes:
+            raise InputError(f"--class {args.class_label} is not below the model's {num_classes} classes")
+    elif needs_labels and not (guidance and guidance["mode"] == "reference"):
         unlabelled = [it.name for it in items if it.label < 0]
         if unlabelled:
-            raise InputError(f"this model is class-conditional but {len(unlabelled)} image(s) have no class label "
-                             f"(e.g. {unlabelled[0]}); give a list file with 'name label' lines")
+            raise InputError(f"this model is class-conditional or classifier-guided but {len(unlabelled)} image(s) "
+                             f"have no class label (e.g. {unlabelled[0]}); give a list file with 'name label' lines "
+                             f"or --class N")
         num_classes = int((config.get("model", {}) or {}).get("num_classes", 1000))
         out_of_range = [it for it in items if it.label >= num_classes]
         if out_of_range:
             raise InputError(f"class label {out_of_range[0].label} of {out_of_range[0].name} is not below the "
                              f"model's {num_classes} classes; fix the list file")
 
-    from functions.operators import build_operator
-
-    mask = _mask_source(args, image_size)
-    op = build_operator(args.deg, image_size=image_size, channels=channels, deg_scale=args.deg_scale,
-                        device=device, dtype=torch.float32, mask=mask, seed=args.seed,
-                        lambda_mode=args.lambda_mode, blur_svd=args.blur_svd)
+    simplified = sampler_cfg.sampler == "simplified"
+    photo_sizes, photo_notes = {}, []
+    if photos.photo_mode(args):
+        photo_sizes, photo_notes = photos.photo_sizes(args, items, image_size)
+        photos.check_photo_mask(args, photo_sizes)
+        mask = args.mask if photos.uses_mask(args.deg) else None
+        op = photos.build_photo_operator(args, photo_sizes[items[0].name], channels, device, simplified, mask)
+    else:
+        mask = _mask_source(args, image_size)
+        op = photos.build_photo_operator(args, (image_size, image_size), channels, device, simplified, mask)
 
     model_cfg = {k: config.get(k) for k in ("data", "model", "diffusion")}
     settings = {
@@ -107,8 +124,18 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
         "lambda_mode": args.lambda_mode, "blur_svd": args.blur_svd, "ckpt": _ckpt_setting(args, config),
         "lpips_net": args.lpips_net,
         # sigma_y stays in CLI units; travel_from only where a step travels (below)
-        **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from")},
+        **{k: v for k, v in sampler_cfg.to_dict().items() if k not in ("sigma_y", "travel_from", "simplified_noise")},
     }
+    # entries only where they apply, so that the runs made before they existed keep their fingerprints
+    if simplified:
+        settings["simplified_noise"] = sampler_cfg.simplified_noise
+    if photo_sizes:
+        settings.update(native_size=bool(args.native_size), resize_y=bool(args.resize_y), tiling=args.tiling,
+                        tile_stride=args.tile_stride or image_size // 2)
+    if guidance:
+        settings["guidance"] = guidance
+    if args.class_label is not None and needs_labels:
+        settings["class_label"] = args.class_label
     if sampler_cfg.sampler == "ddrm" and sampler_cfg.schedule == "uniform" \
             and _num_timesteps(config) % sampler_cfg.steps:
         # DDRM's own range(0, T, T // steps) since 2026-11-27 (before: DDNM's list, another schedule
@@ -140,6 +167,10 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
             notes.append(f"note: the average over {{{', '.join(T.name for T in group)}}} is not over a group "
                          f"({missing[0]} after {missing[1]} is not in it), so the averaged denoiser is not "
                          f"equivariant; a closed set such as --transform flips, rotations or d4 is")
+    if sampler_cfg.sampler == "simplified" and not (args.simplified or args.sampler == "simplified"):
+        notes.append(f"note: --deg {args.deg} is a composite degradation: it runs with the simplified (SVD-free) "
+                     f"rule, as with --simplified")
+    notes.extend(photo_notes)
     if args.deg == "inpainting" and mask is None:
         notes.append(f"note: no --mask and no {Path(args.exp) / 'inp_masks' / 'mask.npy'} (where the reference reads "
                      f"its mask): inpainting uses the built-in default mask (functions/masks.py)")
@@ -150,11 +181,28 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
                          f"error of the model's first noise prediction by {gain:.0f} on its way into x_{first.t_next} "
                          f"(the reference's schedule does the same); with a prior as weak as the demo's the result is "
                          f"unusable (4x SR, 7 EquS+ steps: 6 dB): add --clip_x0 or use more steps")
-    reshaped = data.reshaped_note(items, sizes, image_size, data.preprocess_mode(config))
+    reshaped = None if photo_sizes else data.reshaped_note(items, sizes, image_size, data.preprocess_mode(config))
     if reshaped:
         notes.append(reshaped)
     if args.sigma_y > 0 and not args.add_noise:
         notes.append(f"note: --sigma_y {args.sigma_y} without --add_noise: y stays noise-free while the sampler "
                      f"assumes noise of that level (the reference's behaviour)")
     return Plan(args, argv, config, device, items, image_size, channels, data.preprocess_mode(config), op,
-                sampler_cfg, out, settings, fingerprint, batch_size, notes)
+                sampler_cfg, out, settings, fingerprint, batch_size, notes, photo_sizes=photo_sizes,
+                guidance=guidance)
+
+
+def guidance_plan(args, config) -> Optional[Dict]:
+    """{mode, scale} where the config has a classifier section (classifier guidance), else None."""
+    section = config.get("classifier")
+    if not section:
+        if getattr(args, "classifier_scale", None) is not None or getattr(args, "classifier_ckpt", None):
+            raise InputError(f"--classifier_scale / --classifier_ckpt need a config with a classifier section "
+                             f"(e.g. imagenet_256_cc.yml); {args.config} has none")
+        return None
+    if not isinstance(section, dict):
+        raise InputError(f"the classifier section of {args.config} must be a mapping of create_classifier keys")
+    scale = args.classifier_scale if args.classifier_scale is not None else section.get("classifier_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
+        raise InputError(f"classifier.classifier_scale in {args.config} must be a number >= 0 (got {scale!r})")
+    return {"mode": args.guidance, "scale": float(scale)}

@@ -88,7 +88,10 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
         what = ", ".join(f"{n} {'NaN (diverged)' if kind == 'nan' else kind}" for kind, n in sorted(kinds.items()))
         LOG.warning(f"warning: {key}: {what} image(s) left out of the mean over {len(records)}; "
                     f"see 'non_finite' in their records")
-    if fid and records:
+    photo = bool(plan.photo_sizes)
+    if fid and records and photo:
+        LOG.info("note: no FID for images of their own sizes (--native_size / --resize_y)")
+    if fid and records and not photo:
         extra = _fid(out, records, plan.device)
         summary["fid"], summary["baseline"]["fid"] = extra["fid"], extra["baseline_fid"]
         summary["fid_num_images"] = extra["fid_num_images"]
@@ -124,7 +127,17 @@ def finalize(plan: Plan, model_path: Optional[str], fid: bool) -> Dict:
         "summary": summary,
         "images": records,
     }
+    if photo:
+        results["ground_truth"] = not plan.args.resize_y
+        if plan.args.resize_y:
+            results["metric_notes"]["psnr_ssim"] = ("none: with --resize_y each file is the measurement y itself, "
+                                                    "so there is no ground truth; consistency only")
     atomic_write_json(out.results_json, results)
     atomic_write_text(out.results_txt, results_txt(summary))
-    _write_grid(out, records)
+    if photo:
+        from runners.photos import write_photo_grid
+
+        write_photo_grid(out, records, GRID_ROWS)
+    else:
+        _write_grid(out, records)
     return results

@@ -131,6 +131,7 @@ class OutputFolder:
         self.records_dir = self.root / "records"
         self.apy_dir = self.root / "Apy"
         self.orig_dir = self.root / "orig"
+        self.y_dir = self.root / "y"      # the measurement as a picture (photo runs)
         self.run_json = self.root / "run.json"
         self.results_json = self.root / "results.json"
         self.results_txt = self.root / "results.txt"
@@ -145,6 +146,16 @@ class OutputFolder:
     def orig(self, name: str) -> Path:
         return self.orig_dir / f"{name}.png"
 
+    def y(self, name: str) -> Path:
+        return self.y_dir / f"{name}.png"
+
+    def _images_of(self, name: str, rec: Optional[dict]) -> List[Path]:
+        """The PNGs an image's record stands for: those it lists (photo runs, where there may be no
+        ground truth), else the restored image, A^+ y and the ground truth."""
+        if isinstance(rec, dict) and isinstance(rec.get("files"), list):
+            return [self.root / f for f in rec["files"]]
+        return [self.restored(name), self.apy(name), self.orig(name)]
+
     def record_path(self, name: str) -> Path:
         return self.records_dir / f"{name}.json"
 
@@ -154,7 +165,7 @@ class OutputFolder:
         rec = read_json(self.record_path(name))
         if not rec or rec.get("fingerprint") != fingerprint:
             return None
-        if not all(_whole_png(p) for p in (self.restored(name), self.apy(name), self.orig(name))):
+        if not all(_whole_png(p) for p in self._images_of(name, rec)):
             return None
         return rec
 
@@ -180,7 +191,7 @@ class OutputFolder:
         holds its temporary for milliseconds, so one older than a minute belongs to no live run."""
         import time
 
-        for folder in (self.root, self.records_dir, self.apy_dir, self.orig_dir):
+        for folder in (self.root, self.records_dir, self.apy_dir, self.orig_dir, self.y_dir):
             for p in folder.glob(".*.tmp"):     # (a missing folder globs to nothing)
                 try:
                     if time.time() - p.stat().st_mtime > older_than:
@@ -194,7 +205,8 @@ class OutputFolder:
         files no record names are not touched."""
         if self.records_dir.is_dir():
             for p in self.records_dir.glob("*.json"):
-                for image in (self.restored(p.stem), self.apy(p.stem), self.orig(p.stem)):
+                for image in {*self._images_of(p.stem, read_json(p)), self.restored(p.stem), self.apy(p.stem),
+                              self.orig(p.stem), self.y(p.stem)}:
                     if image.exists():
                         image.unlink()
                 p.unlink()

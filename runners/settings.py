@@ -24,6 +24,19 @@ def _draws_transforms(equs: Optional[str], transform: str) -> bool:
     return equs == "alternate" and len(get_transforms(transform)) > 1
 
 
+def _step_rule(args) -> str:
+    """--sampler, where --simplified or a composite degradation (which has no SVD) selects the simplified rule."""
+    from functions.operators.composite import is_composite
+
+    composite = is_composite(args.deg)
+    if composite and args.sampler == "ddrm":
+        raise InputError(f"--deg {args.deg} is a composite degradation, which runs with the simplified rule (no SVD); "
+                         f"drop --sampler ddrm")
+    if args.simplified and args.sampler == "ddrm":
+        raise InputError("--simplified and --sampler ddrm are two step rules; choose one")
+    return "simplified" if (composite or args.simplified or args.sampler == "simplified") else args.sampler
+
+
 def _flag_or_config(args, name: str, travel: dict) -> int:
     """--travel_length / --travel_repeat when given, else the config's time_travel value (1: no travel)."""
     value = getattr(args, name, None)
@@ -45,7 +58,7 @@ def _sampler_config(args, config):
     equs = args.equs_mode or ("alternate" if (args.EquS or args.EquSplus) else None)
     schedule = args.schedule or ("tas" if args.EquSplus else "uniform")
     cfg = SamplerConfig(
-        sampler=args.sampler, eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
+        sampler=_step_rule(args), simplified_noise=getattr(args, "simplified_noise", "reference"), eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
         schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
         travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
         eps_mapping=args.eps_mapping, travel_from=getattr(args, "travel_from", "x0"),
