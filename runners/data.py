@@ -70,14 +70,18 @@ def existing_root(path_y: str, exp: str) -> Optional[Path]:
 def resolve_root(path_y: str, exp: str) -> Path:
     """`<exp>/datasets/<path_y>` if it exists, else `path_y` as a path: a folder, or one image file.
 
-    The demo's sets (`demo`, `demo_train`) are written from scikit-image's bundled
-    photographs on first use (runners/demo_data.py).
+    The demo's sets (`demo`, `demo_train`, and the whole photographs `demo_photos`, `demo_lowres`)
+    are written from scikit-image's bundled photographs on first use (runners/demo_data.py).
     """
     candidates = _root_candidates(path_y, exp)
     if path_y in ("demo", "demo_train") and not (candidates[0].is_dir() and any(candidates[0].iterdir())):
         from runners.demo_data import materialise_demo_sets
 
         materialise_demo_sets(exp)
+    if path_y in ("demo_photos", "demo_lowres") and not (candidates[0].is_dir() and any(candidates[0].iterdir())):
+        from runners.demo_data import materialise_photo_sets
+
+        materialise_photo_sets(exp)
     found = existing_root(path_y, exp)
     if found is not None:
         return found
