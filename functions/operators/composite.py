@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from functions.masks import resolve_mask
+from functions.operators.base import image_hw
 
 PARTS = ("inpainting", "colorization", "sr_averagepooling", "sr_bicubic", "deblur_uni", "deblur_gauss",
          "deblur_aniso", "denoising")
@@ -69,20 +70,6 @@ def parse_spec(spec: str):
             raise ValueError(f"unknown composite part {p!r} in {spec!r}; valid parts: {', '.join(PARTS)} "
                              f"(or one of the named composites {', '.join(NAMED)})")
     return parts
-
-
-def _hw(image_size):
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        h, w = image_size
-    else:
-        h = w = image_size
-    try:
-        ok = int(h) == h and int(w) == w and int(h) >= 1 and int(w) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"image_size must be a positive integer or (H, W), got {image_size!r}")
-    return int(h), int(w)
 
 
 def _factor(deg_scale, h: int, w: int, part: str) -> int:
@@ -255,7 +242,7 @@ def build_composite(spec: str, image_size, channels: int = 3, deg_scale=None, ma
     mask: the inpainting mask at the inpainting part's input size: a (H, W) 0/1 or bool
     tensor, or anything functions.masks.resolve_mask accepts (None: the default mask)."""
     names = parse_spec(spec)
-    h, w = _hw(image_size)
+    h, w = image_hw(image_size)
     if int(channels) != channels or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels}")
     shape = (int(channels), h, w)
