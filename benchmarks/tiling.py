@@ -83,7 +83,7 @@ def run_one(method: str, batch: int, H: int, W: int, steps: int, window: int, st
     sync_device(device)
     start = time.perf_counter()
     if method == "average":
-        restore(TiledEps(timed, window, stride, batch_size=batch), op, y, betas, cfg, seeds=seeds)
+        restore(TiledEps(timed, window, stride, batch_size=batch, blend="cosine"), op, y, betas, cfg, seeds=seeds)
     else:
         restore_mask_shift(timed, operator_builder("sr_averagepooling", deg_scale=2, device=device), op, y, betas,
                            cfg, seeds=seeds, window=window, stride=stride)

@@ -7,10 +7,14 @@ overlapping window x window crops (MultiDiffusion), runs them through the networ
 `batch_size` crops per forward, and blends the eps back with per-window weights
 normalised to sum to one at every pixel:
 
-- blend="average": uniform weights (each pixel's eps is the mean over the windows
+- blend="uniform": uniform weights (each pixel's eps is the mean over the windows
   covering it);
 - blend="gaussian": a separable Gaussian bump per window (sigma = window / 4, as in
-  Mixture of Diffusers), which favours each window's centre over its borders.
+  Mixture of Diffusers), which favours each window's centre over its borders;
+- blend="cosine": sin^2 weights of the pixel centres (a Hann window, never exactly 0),
+  which fall to about 0 at a window's edges, where the network sees zero padding and
+  predicts worst; with half-window strides the weights of overlapping windows sum to
+  about 1 before normalising.
 
 Window positions per axis go from 0 in steps of `stride`, the last one flush with
 the image edge. The window list and the normalising weight map are built once per
@@ -23,7 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-BLENDS = ("average", "gaussian")
+BLENDS = ("uniform", "gaussian", "cosine")
 
 
 def window_starts(size: int, window: int, stride: int, axis: str = "size") -> List[int]:
@@ -56,12 +60,15 @@ class _Plan:
         tops = window_starts(H, window, stride, "height")
         lefts = window_starts(W, window, stride, "width")
         self.positions = [(top, left) for top in tops for left in lefts]     # raster order
-        if blend == "average":
+        if blend == "uniform":
             self.weight = None                        # uniform: no per-window multiply
             per_window = torch.ones(window, window, device=device, dtype=torch.float64)
         else:
-            g = torch.exp(-0.5 * ((torch.arange(window, device=device, dtype=torch.float64) - (window - 1) / 2)
-                                  / (window / 4)) ** 2)
+            i = torch.arange(window, device=device, dtype=torch.float64)
+            if blend == "gaussian":
+                g = torch.exp(-0.5 * ((i - (window - 1) / 2) / (window / 4)) ** 2)
+            else:   # "cosine": sin^2 of the pixel centres, which falls to ~0 at the window's edges
+                g = torch.sin(torch.pi * (i + 0.5) / window) ** 2
             per_window = g[:, None] * g[None, :]
             self.weight = per_window.to(dtype)
         total = torch.zeros(H, W, device=device, dtype=torch.float64)
@@ -83,7 +90,7 @@ class TiledEps:
     """
 
     def __init__(self, eps_model: EpsModel, window: int, stride: int = None, batch_size: int = 8,
-                 blend: str = "average"):
+                 blend: str = "uniform"):
         self.window, self.stride = check_window(window, stride)
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size (windows per forward) must be a positive integer, got {batch_size!r}")

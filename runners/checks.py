@@ -29,9 +29,10 @@ def _check_flags(args) -> None:
     if args.EquS and args.EquSplus:
         raise InputError("--EquS and --EquSplus are exclusive; choose one")
     photos = getattr(args, "native_size", False) or getattr(args, "resize_y", False)
-    if not photos and (getattr(args, "tiling", "average") != "average" or getattr(args, "tile_stride", None) is not None):
-        raise InputError("--tiling / --tile_stride apply to images larger than the model; add --native_size (or "
-                         "--resize_y) or drop them")
+    if not photos and (getattr(args, "tiling", "average") != "average" or getattr(args, "tile_stride", None) is not None
+                       or getattr(args, "tile_blend", "cosine") != "cosine"):
+        raise InputError("--tiling / --tile_stride / --tile_blend apply to images larger than the model; add "
+                         "--native_size (or --resize_y) or drop them")
     if getattr(args, "tile_stride", None) is not None and args.tile_stride < 1:
         raise InputError(f"--tile_stride must be >= 1 pixel (got {args.tile_stride})")
     if getattr(args, "classifier_scale", None) is not None and not (args.classifier_scale >= 0

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images larger than the network (--native_size, --resize_y): average = every window's "
                         "eps at every step, blended over the overlaps; mask_shift = the reference's hq_demo "
                         "order, windows restored one after another holding their overlap to finished ones")
+    n.add_argument("--tile_blend", choices=("cosine", "gaussian", "uniform"), default="cosine",
+                   help="--tiling average: each window's weight: cosine (sin^2, ~0 at the window's edges, where the "
+                        "network predicts worst), gaussian (sigma = window / 4) or uniform (a plain mean)")
     n.add_argument("--tile_stride", type=int, default=None,
                    help="step between windows in pixels (default: half the model's image size)")
     n.add_argument("--guidance", choices=("correct", "reference"), default="correct",

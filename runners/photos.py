@@ -171,7 +171,8 @@ def photo_eps(plan, eps_model):
     from functions.tiling import TiledEps
 
     args = plan.args
-    return TiledEps(eps_model, window=plan.image_size, stride=args.tile_stride, batch_size=plan.batch_size)
+    return TiledEps(eps_model, window=plan.image_size, stride=args.tile_stride, batch_size=plan.batch_size,
+                    blend=args.tile_blend)
 
 
 def restore_photos(plan, eps_model, pending: List[data.ImageItem], bar, psnrs: List[float], wrap=None) -> None:

@@ -132,6 +132,8 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     if photo_sizes:
         settings.update(native_size=bool(args.native_size), resize_y=bool(args.resize_y), tiling=args.tiling,
                         tile_stride=args.tile_stride or image_size // 2)
+        if args.tiling == "average":
+            settings["tile_blend"] = args.tile_blend
     if guidance:
         settings["guidance"] = guidance
     if args.class_label is not None and needs_labels:

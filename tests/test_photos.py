@@ -240,3 +240,29 @@ def test_classifier_guidance_is_wired_per_image_label(env, capsys):
     rc, _, err = run(env, capsys, "--path_y", env.root / "lowres.png", "--deg", "denoising", "-i", "nolabel",
                      config=env.guided)
     assert rc == 2 and "no class label" in err
+
+
+@pytest.mark.parametrize("flags", [["--EquSplus"], ["--sampler", "ddrm"], ["--travel_length", 1, "--travel_repeat", 2],
+                                   ["--equs_mode", "average", "--transform", "flips"]])
+def test_tiling_composes_with_equs_ddrm_and_time_travel(env, capsys, gaussian_network, flags):
+    name = "compose_" + "_".join(str(f).strip("-") for f in flags)
+    rc, _, err = run(env, capsys, "--path_y", "photos", "--deg", "sr_averagepooling", "--deg_scale", 2,
+                     "--native_size", "-i", name, *flags)
+    assert rc == 0, err
+    res = results(env, name)
+    assert {tuple(r["size"]) for r in res["images"]} == {(20, 34), (32, 18)}
+    if "ddrm" not in flags:     # DDRM's last step keeps the model's own x0 in the measured coordinates
+        assert all(r["consistency"] < 0.5 for r in res["images"])
+
+
+def test_reference_guidance_runs_through_the_runner_and_differs_from_correct(env, capsys):
+    base = ["--path_y", "inet", "--deg", "sr_averagepooling", "--deg_scale", 2, "--classifier_scale", 5]
+    assert run(env, capsys, *base, "--guidance", "reference", "-i", "g_ref", config=env.guided)[0] == 0
+    assert run(env, capsys, *base, "--class", 951, "-i", "g_951", config=env.guided)[0] == 0
+    assert results(env, "g_ref")["settings"]["guidance"] == {"mode": "reference", "scale": 5.0}
+    a = np.array(Image.open(env.exp / "image_samples" / "g_ref" / "ILSVRC2012_val_00000001.png"))
+    b = np.array(Image.open(env.exp / "image_samples" / "g_951" / "ILSVRC2012_val_00000001.png"))
+    assert np.abs(a.astype(int) - b).max() > 0     # the gradient at x_T, not at x_t
+    rc, _, err = run(env, capsys, "--path_y", "photos", "--deg", "denoising", "--native_size", "--guidance",
+                     "reference", "-i", "g_photo", config=env.guided)
+    assert rc == 2 and "--guidance reference" in err

@@ -57,7 +57,7 @@ def test_image_of_the_window_size_is_untouched_and_restore_bit_identical():
 
 
 @pytest.mark.parametrize("H, W, stride", [(40, 72, None), (33, 50, 7), (17, 90, 5), (16, 40, 16)])
-@pytest.mark.parametrize("blend", ["average", "gaussian"])
+@pytest.mark.parametrize("blend", ["uniform", "gaussian", "cosine"])
 def test_constant_eps_blends_to_the_constant(H, W, stride, blend):
     """The weights sum to one at every pixel, also where stride does not divide the size."""
     tiled = TiledEps(lambda x, t: torch.full_like(x, 0.7), window=16, stride=stride, blend=blend)
