@@ -49,7 +49,7 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                         disable=not ctx.is_main)
     try:
         if plan.photo_sizes:   # images at their own size, one at a time (runners/photos.py)
-            photos.restore_photos(plan, eps_model, pending, bar, psnrs, guide.for_photo)
+            photos.restore_photos(plan, eps_model, pending, bar, psnrs, guide.for_batch)
             return
         for start in range(0, len(pending), plan.batch_size):
             batch = pending[start:start + plan.batch_size]
@@ -83,17 +83,9 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                 save_image(out.apy(it.name), apy_h[i])
                 save_image(out.orig(it.name), x01_h[i])
                 save_image(out.restored(it.name), rest_h[i])
-                out.write_record({
-                    "name": it.name, "index": it.index, "source": str(it.path), "source_sha": _file_digest(it.path),
-                    "label": it.label,
-                    "seed": seed_for(args.seed, it.index), **scores[i], "non_finite": non_finite(scores[i]),
-                    "nfe": int(result.nfe),
-                    "seconds": seconds, "baseline": base[i],
-                    **({} if base_ref is None else {"baseline_reference": base_ref[i]}),
-                    "device": str(device), "precision": precision,
-                    "batch_size": len(batch), "rank": ctx.rank, "world_size": ctx.world_size,
-                    "fingerprint": plan.fingerprint,
-                })
+                out.write_record(image_record(plan, it, scores[i], base[i], int(result.nfe), seconds, precision,
+                                              len(batch),
+                                              **({} if base_ref is None else {"baseline_reference": base_ref[i]})))
                 if scores[i]["psnr"] is not None:
                     psnrs.append(scores[i]["psnr"])
             bar.update(len(batch))
@@ -102,6 +94,17 @@ def _restore_all(plan: Plan, eps_model, pending: List[data.ImageItem], earlier_p
                 bar.set_description(f"PSNR: {mean:.2f}")
     finally:
         bar.close()
+
+
+def image_record(plan: Plan, it: data.ImageItem, score: Dict, base: Dict, nfe: int, seconds: float,
+                 precision: Optional[str], batch_size: int, **extra) -> Dict:
+    """One image's record (records/<name>.json): its scores, the A^+ y baseline's, and how it was made."""
+    ctx = plan.dist
+    return {"name": it.name, "index": it.index, "source": str(it.path), "source_sha": _file_digest(it.path),
+            "label": it.label, "seed": seed_for(plan.args.seed, it.index), **score,
+            "non_finite": non_finite(score), "nfe": nfe, "seconds": seconds, "baseline": base, **extra,
+            "device": str(plan.device), "precision": precision, "batch_size": batch_size, "rank": ctx.rank,
+            "world_size": ctx.world_size, "fingerprint": plan.fingerprint}
 
 
 def _to01(x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ classifier guidance (functions/guidance.GuidedEps) on top. Both sit under the Eq
 and tiling wrappers, so the classifier sees the same (transformed, windowed) input as
 the UNet. The runner asks for the wrapped model per batch (or per photo).
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
@@ -61,10 +61,6 @@ class Conditioning:
                 torch.empty((len(batch), C, H, W), device=self.plan.device))
         return GuidedEps(eps, self.classifier, self.betas, self.guidance["scale"], labels,
                          mode=self.guidance["mode"], x_T=x_T if reference else None)
-
-    def for_photo(self, eps_model, item, y):
-        """The same for one photo (photo runs wrap the result in the tiler)."""
-        return self.for_batch([item])
 
 
 def bind_labels(eps_model, labels: Optional[torch.Tensor]):

@@ -178,17 +178,17 @@ def photo_eps(plan, eps_model):
 def restore_photos(plan, eps_model, pending: List[data.ImageItem], bar, psnrs: List[float], wrap=None) -> None:
     """Restore `pending` one image at a time at its own size, saving its images and its record.
 
-    wrap(eps_model, labels, x_T) -> eps_model: what the run puts under the tiling (labels, guidance)."""
+    wrap([item]) -> eps_model: the network as the run conditions it for that image (labels, guidance),
+    which goes under the tiling."""
     from functions.diffusion import make_betas
     from functions.mask_shift import restore_mask_shift
     from functions.noise import PerImageNoise
     from functions.samplers import restore
-    from runners.batches import _metric_block, _to01
+    from runners.batches import _metric_block, _to01, image_record
     from runners.devices import _precision, sync_device
-    from runners.results import non_finite, save_image
-    from runners.settings import _file_digest
+    from runners.results import save_image
 
-    args, out, device, ctx, cfg = plan.args, plan.out, plan.device, plan.dist, plan.sampler_cfg
+    args, out, device, cfg = plan.args, plan.out, plan.device, plan.sampler_cfg
     betas = make_betas(plan.config.get("diffusion", {}))
     lp = metrics.LPIPSMetric(None if args.lpips_net == "none" else args.lpips_net, device, warn=LOG.warning)
     precision = _precision(eps_model, device)
@@ -210,7 +210,7 @@ def restore_photos(plan, eps_model, pending: List[data.ImageItem], bar, psnrs: L
                     gen = PerImageNoise([measurement_seed(args.seed, it.index)])
                     y = y + 2.0 * args.sigma_y * gen.randn(y.shape[1:]).to(device=device, dtype=y.dtype)
             apy = op.A_pinv(y).reshape(1, *op.image_shape)
-        model = eps_model if wrap is None else wrap(eps_model, it, y)
+        model = eps_model if wrap is None else wrap([it])
         sync_device(device)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -247,14 +247,9 @@ def restore_photos(plan, eps_model, pending: List[data.ImageItem], bar, psnrs: L
         if y_img is not None:
             save_image(out.y(it.name), _to01(y_img)[0].cpu())
             files.append(out.y(it.name))
-        out.write_record({
-            "name": it.name, "index": it.index, "source": str(it.path), "source_sha": _file_digest(it.path),
-            "label": it.label, "seed": seed, **score, "non_finite": non_finite(score), "nfe": int(result.nfe),
-            "seconds": seconds, "baseline": base, "device": str(device), "precision": precision,
-            "batch_size": 1, "rank": ctx.rank, "world_size": ctx.world_size, "fingerprint": plan.fingerprint,
-            "size": [int(shape[0]), int(shape[1])], "ground_truth": x01 is not None,
-            "files": [str(p.relative_to(out.root)) for p in files],
-        })
+        out.write_record(image_record(plan, it, score, base, int(result.nfe), seconds, precision, 1,
+                                      size=[int(shape[0]), int(shape[1])], ground_truth=x01 is not None,
+                                      files=[str(p.relative_to(out.root)) for p in files]))
         if score["psnr"] is not None:
             psnrs.append(score["psnr"])
         bar.update(1)
