@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from guided_diffusion._config import cfg_get
-from guided_diffusion.fp16 import convert_module_to
+from guided_diffusion.fp16 import ConvertibleBody
 from guided_diffusion.openai_unet import (DEFAULT_CHANNEL_MULT, NUM_CLASSES, AttentionBlock, Downsample,
                                           QKVAttention, ResBlock, TimestepEmbedSequential, normalization,
                                           timestep_embedding, zero_module)
@@ -53,7 +53,7 @@ class AttentionPool2d(nn.Module):
         return self.c_proj(self.attention(self.qkv_proj(tokens)))[:, :, 0]
 
 
-class EncoderUNetModel(nn.Module):
+class EncoderUNetModel(ConvertibleBody, nn.Module):
     """Timestep-conditioned encoder + pool -> (B, out_channels) logits.
 
     `attention_resolutions` are downsampling factors (as in UNetModel); the keyword names
@@ -120,23 +120,10 @@ class EncoderUNetModel(nn.Module):
             self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
                                      zero_module(nn.Conv2d(ch, out_channels, 1)), nn.Flatten())
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.body_dtype
-
-    def convert_body(self, dtype: torch.dtype) -> "EncoderUNetModel":
-        """Cast the torso's convolutions (input and middle blocks) to `dtype`; time embedding,
+    def _body_parts(self):
+        """What convert_body casts: the torso's convolutions (input and middle blocks); time embedding,
         norms and the pooling head stay float32, as guided-diffusion's convert_to_fp16 does."""
-        for part in (self.input_blocks, self.middle_block):
-            part.apply(lambda m: convert_module_to(m, dtype))
-        self.body_dtype = dtype
-        return self
-
-    def convert_to_fp16(self) -> "EncoderUNetModel":
-        return self.convert_body(torch.float16)
-
-    def convert_to_fp32(self) -> "EncoderUNetModel":
-        return self.convert_body(torch.float32)
+        return (self.input_blocks, self.middle_block)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from guided_diffusion._config import cfg_get
-from guided_diffusion.fp16 import convert_module_to
+from guided_diffusion.fp16 import ConvertibleBody
 from guided_diffusion.layers import autocast_off, fused_attention, upsample_nearest2x
 
 NUM_CLASSES = 1000
@@ -235,7 +235,7 @@ class AttentionBlock(nn.Module):
         return (x + h).reshape(b, c, *spatial)
 
 
-class UNetModel(nn.Module):
+class UNetModel(ConvertibleBody, nn.Module):
     """guided-diffusion's UNet. `attention_resolutions` are downsampling factors (image_size // res)."""
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -312,23 +312,10 @@ class UNetModel(nn.Module):
         # float32 first); it records the intended precision for convert_to_fp16 / EpsModel.
         self.use_fp16 = use_fp16
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the body computes in (float16 after convert_to_fp16)."""
-        return self.body_dtype
-
-    def convert_body(self, dtype: torch.dtype) -> "UNetModel":
-        """Cast the body's convolutions to `dtype`; time embedding, norms and output head stay float32."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            part.apply(lambda m: convert_module_to(m, dtype))
-        self.body_dtype = dtype
-        return self
-
-    def convert_to_fp16(self) -> "UNetModel":
-        return self.convert_body(torch.float16)
-
-    def convert_to_fp32(self) -> "UNetModel":
-        return self.convert_body(torch.float32)
+    def _body_parts(self):
+        """What convert_body casts: the encoder, middle and decoder blocks (time embedding, norms and the
+        output head stay float32)."""
+        return (self.input_blocks, self.middle_block, self.output_blocks)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

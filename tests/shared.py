@@ -30,3 +30,13 @@ def fixture(name: str):
     if name not in _CACHE:
         _CACHE[name] = torch.load(shared_path("fixtures", name), weights_only=False, map_location="cpu")
     return _CACHE[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: on a shared 2-core machine a second thread only adds waiting (10x under load).
+    A test module opts in by importing it (`from tests.shared import one_thread`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,15 +9,9 @@ from guided_diffusion.checkpoints import CheckpointError
 from guided_diffusion.classifier import (EncoderUNetModel, build_classifier, classifier_checkpoint_path,
                                          load_classifier)
 from guided_diffusion.models import load_config
+from tests.shared import one_thread  # noqa: F401  (autouse: one torch thread here)
 from tests.shared import fixture, shared_path
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second thread only adds waiting (10x under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # the fixture's EncoderUNetModel arguments, written as a config's classifier section

@@ -12,18 +12,12 @@ from functions.samplers import SamplerConfig, restore
 from guided_diffusion.classifier import EncoderUNetModel
 from guided_diffusion.openai_unet import unet_from_config
 from tests.gaussian_prior import BETAS, GaussianEps, asymmetric_mean, d4_symmetric_mean
+from tests.shared import one_thread  # noqa: F401  (autouse: one torch thread here)
 from tests.shared import fixture
 
 ABAR = torch.cumprod(1 - BETAS.double(), 0).float()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second thread only adds waiting (10x under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- the reference's guided DDNM
