@@ -175,3 +175,20 @@ def test_an_error_on_one_rank_is_raised_on_every_rank(runs):
     assert proc.stderr.count("error: rank 0: CheckpointError") == 2, proc.stderr[-2000:]
     assert "nowhere.ckpt" in proc.stderr
     assert not folder(runs.tiny, "no_ckpt").root.exists()  # nothing written
+
+
+def test_photo_runs_shard_by_image_with_the_same_bytes(runs):
+    """--native_size under torchrun: each rank restores whole photos at their own size (tiled), and
+    the outputs equal one process's byte for byte."""
+    args = ("--native_size", "--tile_stride", "8")
+    assert cli.main(common_args(runs.tiny, "photo_single", "--device", "cpu", *args)) == 0
+    proc = torchrun(2, common_args(runs.tiny, "photo_sharded", *args))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, sharded = folder(runs.tiny, "photo_single"), folder(runs.tiny, "photo_sharded")
+    a, b = image_bytes(single), image_bytes(sharded)
+    assert len(a) == 4 * len(NAMES) and a.keys() == b.keys()      # restored, A^+y, ground truth, y
+    assert [k for k in a if a[k] != b[k]] == []
+    rb = records(sharded)
+    assert sorted(r["rank"] for r in rb.values()) == [0, 0, 1, 1]
+    assert {n: tuple(r["size"]) for n, r in rb.items()} == {"a0": (36, 40), "a1": (36, 44), "a2": (36, 48),
+                                                            "a3": (36, 52)}
