@@ -2,8 +2,8 @@
 
 The benchmark path resizes every image to the model's square size. Here each image
 keeps its size, so the run is image by image:
-- the operator is built at the image's restored size (operators and composites work at
-  any H x W; one operator per size, cached), and the projection runs on the whole image;
+- the operator is built for each image at its restored size (operators and composites
+  work at any H x W), and the projection runs on the whole image;
 - the denoiser is tiled over windows of the model's size (functions/tiling.TiledEps,
   --tiling average), or the image is restored window after window (functions/mask_shift,
   --tiling mask_shift, the reference's hq_demo order);
@@ -27,7 +27,6 @@ from runners import data
 from runners.errors import InputError
 
 LOG = logging.getLogger("equs")
-TILINGS = ("average", "mask_shift")
 GRID_HEIGHT = 256    # each grid tile is shown at this height, whatever the image's size
 
 
