@@ -82,7 +82,7 @@ def test_training_refuses_an_empty_folder(tmp_path, capsys):
 
 def test_the_demo_training_set_is_written_on_first_use(tmp_path):
     """README's training command names exp/datasets/demo_train, which a fresh clone does not have."""
-    from runners.train import load_folder
+    from runners.train_data import load_folder
 
     paths, images = load_folder(str(tmp_path / "exp" / "datasets" / "demo_train"))
     assert sorted(p.stem for p in paths) == sorted(
@@ -198,7 +198,7 @@ def test_cosine_schedule_resumes_exactly_and_refuses_other_lengths(tmp_path, cap
 
 
 def test_crop_bank_draws_flipped_crops_from_its_pool():
-    from runners.train import CropBank, CropSampler
+    from runners.train_data import CropBank, CropSampler
 
     img = torch.arange(3 * 20 * 24, dtype=torch.float32).reshape(3, 20, 24) / (3 * 20 * 24)
     bank = CropBank(CropSampler([img], 8, generator=torch.Generator().manual_seed(0)), 10, "cpu", dtype=torch.float32)
@@ -263,7 +263,7 @@ def test_resume_applies_new_optimiser_flags_and_keeps_the_global_generator(tmp_p
 
 
 def test_sixteen_bit_training_images_keep_their_range(tmp_path):
-    from runners.train import load_folder
+    from runners.train_data import load_folder
 
     folder = tmp_path / "grey16"
     folder.mkdir()
