@@ -15,6 +15,10 @@ colorization, inpainting (with the window's crop of the mask) and denoising. For
 blur (and bicubic SR, CS) a window's measurements also depend on pixels outside it,
 so the crop of A^+ y re-blurred is an approximation of the true y_w.
 
+EquS wraps each window's own run (`make_denoiser` per window), so its transform flips
+the window; the tiled eps (functions/tiling.py) is wrapped the other way round, the
+whole image transformed before it is cut.
+
 Differences from the reference, on purpose: x_T of each window is the crop of one
 full-size x_T drawn from the image's seed (the reference carries the previous
 window's final sample over as the next window's start), so a result does not depend

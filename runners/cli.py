@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     n = p.add_argument_group("this project's flags")
     n.add_argument("--sampler", choices=("ddnm", "ddrm", "simplified"), default="ddnm",
                    help="step rule: ddnm (DDNM+ when sigma_y > 0), ddrm, or simplified (= --simplified)")
-    n.add_argument("--simplified_noise", choices=("reference", "ddim"), default="reference",
-                   help="the simplified rule's noise: reference (the official loop: std sqrt(1 - abar^2), scaled "
-                        "by gamma even noise-free) or ddim (sqrt(1 - abar): DDNM's update when sigma_y = 0)")
+    n.add_argument("--simplified_noise", choices=("reference", "ddim"), default=None,
+                   help="the simplified rule's noise: reference (default; the official loop: std sqrt(1 - abar^2), "
+                        "scaled by gamma even noise-free) or ddim (sqrt(1 - abar): DDNM's update when sigma_y = 0)")
     n.add_argument("--native_size", action="store_true",
                    help="each image keeps its own size (cropped to a multiple of the SR factor), non-square "
                         "included; the network runs on tiles of its own size")

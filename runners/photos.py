@@ -54,7 +54,7 @@ def sr_factor(deg: str, deg_scale) -> int:
 
 def photo_sizes(args, items: List[data.ImageItem], window: int) -> Tuple[Dict[str, Tuple[int, int]], List[str]]:
     """name -> restored (H, W) per image, and the notes; refuses images too small for the window."""
-    if any(p.startswith("cs_") for p in parts_of(args.deg)):
+    if args.deg.startswith("cs_") and "+" not in args.deg:   # a CS part of a composite: parse_spec says why
         raise InputError(f"--deg {args.deg}: compressed sensing works only at the model's square size; drop "
                          f"--native_size / --resize_y")
     f = sr_factor(args.deg, args.deg_scale)
@@ -76,6 +76,19 @@ def photo_sizes(args, items: List[data.ImageItem], window: int) -> Tuple[Dict[st
     return sizes, notes
 
 
+def check_tiling(args, window: int) -> None:
+    """--tile_stride within the window; Mask-Shift's windows on the SR factor's grid (a window
+    that cuts pooling cells would get a wrong y of its own)."""
+    stride = args.tile_stride or window // 2
+    if stride > window:
+        raise InputError(f"--tile_stride {stride} is larger than the model's {window}-pixel window (gaps would "
+                         f"be left); give 1..{window}")
+    f = sr_factor(args.deg, args.deg_scale)
+    if args.tiling == "mask_shift" and f > 1 and (stride % f or window % f):
+        raise InputError(f"--tiling mask_shift needs --tile_stride (here {stride}) and the window ({window}) to be "
+                         f"multiples of the SR factor {f}; give e.g. --tile_stride {max(f, stride - stride % f)}")
+
+
 def check_photo_mask(args, sizes: Dict[str, Tuple[int, int]]) -> None:
     """A --mask file must have each photo's restored size exactly (it is not stretched onto a photo)."""
     from runners.checks import _mask_side
@@ -87,14 +100,26 @@ def check_photo_mask(args, sizes: Dict[str, Tuple[int, int]]) -> None:
         raise InputError(f"--mask file not found: {args.mask}")
     side = _mask_side(path)
     for name, (H, W) in sizes.items():
-        if side != (H, W):
+        h, w = mask_hw_for(args, (H, W))
+        if side != (h, w):
             shown = "x".join(map(str, side[::-1])) if side else "not 2-D"
-            raise InputError(f"mask {path} is {shown} but {name} restores to {W}x{H}; give a mask of the "
-                             f"photo's size (white = kept), e.g. drawn over the photo itself")
+            if (h, w) == (H, W):
+                raise InputError(f"mask {path} is {shown} but {name} restores to {W}x{H}; give a mask of the "
+                                 f"photo's size (white = kept), e.g. drawn over the photo itself")
+            raise InputError(f"mask {path} is {shown} but the inpainting in --deg {args.deg} sees {name} at "
+                             f"{w}x{h} (after the parts before it); give a mask of {w}x{h} (white = kept)")
 
 
 def uses_mask(deg: str) -> bool:
     return "inpainting" in parts_of(deg)
+
+
+def mask_hw_for(args, shape: Tuple[int, int]) -> Tuple[int, int]:
+    """(h, w) the mask has for an image restored at `shape`: the image's size, or y's where an
+    SR part comes before the inpainting in a composite."""
+    from functions.operators.composite import is_composite, mask_input_hw
+
+    return mask_input_hw(args.deg, shape, args.deg_scale) if is_composite(args.deg) else tuple(shape)
 
 
 def build_photo_operator(args, shape: Tuple[int, int], channels: int, device, simplified: bool, mask_spec=None,
@@ -105,22 +130,22 @@ def build_photo_operator(args, shape: Tuple[int, int], channels: int, device, si
     its colorization is the channel mean), every other rule the SVD operators. mask_window
     (top, left, window): the window's operator for Mask-Shift, with its crop of the mask. mask_spec:
     what functions.masks.resolve_mask takes (a checked file, random:R / box:R, None: the default)."""
+    from functions.masks import resolve_mask
     from functions.operators.composite import is_composite
 
-    mask = mask_spec if uses_mask(args.deg) else None
+    mask = None
+    if uses_mask(args.deg):    # resolved at the size the inpainting sees (a random:R mask from the run's seed)
+        h, w = mask_hw_for(args, shape)
+        mask = resolve_mask(mask_spec, (h, w), seed=args.seed)
     if mask_window is not None:
         top, left, window = mask_window
-        if mask is not None or uses_mask(args.deg):
-            from functions.masks import resolve_mask
-
-            mask = resolve_mask(mask, tuple(shape), seed=args.seed)[top:top + window, left:left + window]
+        if mask is not None:   # the window's crop, in the inpainting's pixels (windows lie on the SR grid)
+            s = shape[0] // mask.shape[0]
+            mask = mask[top // s:(top + window) // s, left // s:(left + window) // s]
         shape = (window, window)
-    if (simplified or is_composite(args.deg)) and not args.deg.startswith("cs_"):
-        from functions.masks import resolve_mask
+    if is_composite(args.deg) or (simplified and not args.deg.startswith("cs_")):
         from functions.operators.composite import build_composite
 
-        if uses_mask(args.deg) and not isinstance(mask, torch.Tensor):
-            mask = resolve_mask(mask, tuple(shape), seed=args.seed)   # a random:R mask from the run's seed
         return build_composite(args.deg, image_size=tuple(shape), channels=channels, deg_scale=args.deg_scale,
                                mask=mask, device=device)
     from functions.operators import build_operator

@@ -107,6 +107,7 @@ def make_plan(args, argv: List[str], device_name: Optional[str] = None) -> Plan:
     photo_sizes, photo_notes = {}, []
     if photos.photo_mode(args):
         photo_sizes, photo_notes = photos.photo_sizes(args, items, image_size)
+        photos.check_tiling(args, image_size)
         photos.check_photo_mask(args, photo_sizes)
         mask = args.mask if photos.uses_mask(args.deg) else None
         op = photos.build_photo_operator(args, photo_sizes[items[0].name], channels, device, simplified, mask)

@@ -57,8 +57,13 @@ def _sampler_config(args, config):
         raise InputError(f"--steps must be >= 1 (got {steps})")
     equs = args.equs_mode or ("alternate" if (args.EquS or args.EquSplus) else None)
     schedule = args.schedule or ("tas" if args.EquSplus else "uniform")
+    rule = _step_rule(args)
+    noise = getattr(args, "simplified_noise", None)
+    if noise is not None and rule != "simplified":
+        raise InputError("--simplified_noise applies to the simplified rule only; add --simplified (composite "
+                         "degradations select it) or drop it")
     cfg = SamplerConfig(
-        sampler=_step_rule(args), simplified_noise=getattr(args, "simplified_noise", "reference"), eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
+        sampler=rule, simplified_noise=noise or "reference", eta=args.eta, etaB=args.etaB, sigma_y=2.0 * args.sigma_y, steps=int(steps),
         schedule=schedule, travel_length=_flag_or_config(args, "travel_length", travel),
         travel_repeat=_flag_or_config(args, "travel_repeat", travel), equs=equs, transform=args.transform,
         eps_mapping=args.eps_mapping, travel_from=getattr(args, "travel_from", "x0"),

@@ -5,7 +5,7 @@ import torch
 
 from functions.operators import build_operator
 from functions.operators.composite import (NAMED, PARTS, build_composite, color2gray, gray2color, is_composite,
-                                           mean_upsample)
+                                           mask_input_hw, mean_upsample)
 from tests.shared import fixture
 
 G = torch.Generator().manual_seed(0)
@@ -51,10 +51,12 @@ EXACT = [("sr_averagepooling", 4, None), ("colorization", None, None), ("inpaint
 @pytest.mark.parametrize("spec,scale,mask", EXACT)
 @pytest.mark.parametrize("size", [16, (12, 20)], ids=["16", "12x20"])
 def test_ap_is_a_right_inverse(spec, scale, mask, size):
-    if mask and not isinstance(size, int):       # string masks are square; a tensor mask works at any size
-        first = (12, 20) if spec.startswith("inpainting") else (6, 10)
-        mask = torch.rand(first, generator=G) > 0.4
     op = build_composite(spec, size, deg_scale=scale, mask=mask)
+    if mask:     # the mask lies at the inpainting part's input size, which an SR part before it shrinks
+        stage = mask_input_hw(spec, size, scale)
+        assert tuple(op.parts[[p.name for p in op.parts].index("inpainting")].mask.shape) == stage
+        assert stage == (((size, size) if isinstance(size, int) else size) if spec.startswith("inpainting")
+                         else tuple(s // 2 for s in ((size, size) if isinstance(size, int) else size)))
     y = op.A(_x(*((size, size) if isinstance(size, int) else size)))    # y in A's range
     assert (op.A(op.A_pinv(y)) - y).abs().max() <= 1e-5
     # and A(null_space(x)) = 0: the null space is what the projection leaves free
@@ -172,8 +174,8 @@ def test_other_refusals():
         build_composite("colorization+sr_averagepooling", 16, deg_scale=2.5)
     with pytest.raises(ValueError, match="image_size"):
         build_composite("colorization", 0)
-    with pytest.raises(ValueError, match=r"\(12, 20\) 0/1 tensor"):
-        build_composite("inpainting", (12, 20), mask="box:0.3")
+    with pytest.raises(ValueError, match="keeps no pixel"):
+        build_composite("inpainting", (12, 20), mask=torch.zeros(12, 20))
     with pytest.raises(ValueError, match="0 or 1"):
         build_composite("inpainting", (12, 20), mask=torch.full((12, 20), 0.5))
     op = build_composite("colorization", 8)

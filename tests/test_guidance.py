@@ -136,7 +136,9 @@ def _toy_run(eps_model, **cfg):
 
 RUNS = {"ddnm": dict(eta=0.85), "ddnm_plus": dict(sampler="ddnm_plus", sigma_y=0.2),
         "ddrm": dict(sampler="ddrm", sigma_y=0.2), "time_travel": dict(travel_length=2, travel_repeat=2),
-        "equs_official": dict(equs="alternate"), "equs_tas": dict(equs="alternate", schedule="tas")}
+        "equs_official": dict(equs="alternate"), "equs_tas": dict(equs="alternate", schedule="tas"),
+        "simplified": dict(sampler="simplified", sigma_y=0.2),
+        "simplified_ddim": dict(sampler="simplified", simplified_noise="ddim")}
 
 
 @pytest.mark.parametrize("run", list(RUNS))

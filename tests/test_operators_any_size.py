@@ -1,6 +1,7 @@
 """Operators at any image size H x W (functions/operators, functions/masks).
 
-(a) (n, n) builds bit for bit the operator that n builds; (b) at non-square and odd
+(a) (n, n) builds bit for bit the operator that n builds, and an n x m image is measured
+as the m x m operator measures it padded with zero rows; (b) at non-square and odd
 sizes the pseudo-inverse identities, the null-space projector, V V^T = I, the
 adjoint and DDNM+'s Lambda at sigma_y = 0 hold, rows and columns are not swapped
 (transposing the image transposes the measurement), and direct forms agree with
@@ -53,6 +54,34 @@ def test_square_tuple_is_the_int_operator(deg, scale, n):
     assert torch.equal(op_int.Lambda(x, **LAMBDA_ARGS), op_tup.Lambda(x, **LAMBDA_ARGS))
     eps = _x((2, 3, n, n), 1)
     assert torch.equal(op_int.Lambda_noise(x, eps=eps, **LAMBDA_ARGS), op_tup.Lambda_noise(x, eps=eps, **LAMBDA_ARGS))
+
+
+@pytest.mark.parametrize("deg,scale,n,m", [(d, s, n, m) for d, s in CASES if not d.startswith("deblur")
+                                           for n, m in ((24, 42), (21, 33)) if not (s and (n % s or m % s))])
+def test_a_wide_image_is_measured_as_the_square_operator_measures_it_zero_padded(deg, scale, n, m):
+    """An n x m operator against the m x m one on the image padded with zero rows below: pooling,
+    grey, identity and masks act pixel by pixel, so every measurement agrees; bicubic's rows agree
+    away from the bottom edge, where the n-row matrix truncates its taps (the blurs: dense
+    matrices in (b), as their truncated SVD depends on the size)."""
+    r = scale or 1
+    x = _x((2, 3, n, m))
+    padded = F.pad(x, (0, 0, 0, m - n))
+    if deg == "inpainting":
+        square_mask = resolve_mask("random:0.4", m, seed=5)
+        op = _build(deg, scale, (n, m), mask=square_mask[:n])
+        square = _build(deg, scale, m, mask=square_mask)
+        got = op.A_pinv(op.A(x)).reshape(x.shape)
+        want = square.A_pinv(square.A(padded)).reshape(2, 3, m, m)[:, :, :n]
+        assert torch.equal(got, want) and torch.equal(got, x * square_mask[:n])
+        return
+    op, square = _build(deg, scale, (n, m)), _build(deg, scale, m)
+    c = op.num_measurements // (n * m // r // r)
+    got = op.A(x).reshape(2, c, n // r, m // r)
+    want = square.A(padded).reshape(2, c, m // r, m // r)[:, :, :n // r]
+    rows = n // r - (2 if deg == "sr_bicubic" else 0)         # bicubic's taps reach 2 output rows past the edge
+    torch.testing.assert_close(got[:, :, :rows], want[:, :, :rows], rtol=0, atol=1e-5)
+    if deg == "sr_bicubic":
+        assert (got[:, :, rows:] - want[:, :, rows:]).abs().max() > 1e-3   # the edge rows do differ
 
 
 # ---- (b) non-square invariants -----------------------------------------------------------------

@@ -182,6 +182,28 @@ def test_old_photo_composite_runs_with_the_simplified_rule_and_says_so(env, caps
     assert results(env, "chain")["settings"]["simplified_noise"] == "ddim"
 
 
+def test_a_composite_masks_y_where_sr_comes_before_the_inpainting(env, capsys, gaussian_network):
+    """sr_averagepooling+inpainting at a photo's own size: the mask file has y's size (the pooled
+    photo's), and the measurement keeps exactly the pixels the file keeps."""
+    tall = env.exp / "datasets" / "photos" / "tall.png"          # 32 x 18: y is 16 x 9
+    keep = np.ones((16, 9), dtype=np.uint8)
+    keep[5:9, 2:6] = 0
+    mask = env.root / "mask16x9.png"
+    Image.fromarray(keep * 255).save(mask)
+    rc, _, err = run(env, capsys, "--path_y", tall, "--deg", "sr_averagepooling+inpainting", "--deg_scale", 2,
+                     "--native_size", "--mask", mask, "-i", "sr_then_mask")
+    assert rc == 0, err
+    folder = env.exp / "image_samples" / "sr_then_mask"
+    y = np.array(Image.open(folder / "y" / "tall.png")).astype(int)
+    assert y.shape == (16, 9, 3) and (y[keep == 0] == 128).all()       # model-space 0 shown as mid-grey
+    assert (np.abs(y[keep == 1] - 128).max(axis=-1) > 2).mean() > 0.8
+    assert results(env, "sr_then_mask")["images"][0]["consistency"] < 0.5
+    rc, _, err = run(env, capsys, "--path_y", tall, "--deg", "sr_averagepooling+inpainting", "--deg_scale", 2,
+                     "--native_size", "--mask", mask, "--tiling", "mask_shift", "-i", "sr_then_mask_ms")
+    assert rc == 0, err
+    assert results(env, "sr_then_mask_ms")["images"][0]["consistency"] < 0.5
+
+
 def test_simplified_square_run_and_settings_only_where_they_apply(env, capsys):
     rc, _, err = run(env, capsys, "--path_y", "photos", "--deg", "sr_averagepooling", "--deg_scale", 2,
                      "--simplified", "-i", "square_simplified")
@@ -204,11 +226,24 @@ def test_simplified_square_run_and_settings_only_where_they_apply(env, capsys):
     (["--path_y", "photos", "--deg", "colorization", "--tiling", "mask_shift"], "add --native_size"),
     (["--path_y", "photos", "--deg", "mask_color_sr", "--sampler", "ddrm"], "drop --sampler ddrm"),
     (["--path_y", "photos", "--deg", "colorization", "--native_size", "--tile_stride", "0"], "--tile_stride must be"),
+    (["--path_y", "photos", "--deg", "colorization", "--native_size", "--tile_stride", "17"],
+     "--tile_stride 17 is larger than the model's 16-pixel window"),
+    (["--path_y", "photos", "--deg", "sr_averagepooling", "--deg_scale", "2", "--native_size", "--tiling", "mask_shift",
+      "--tile_stride", "7"], "multiples of the SR factor 2; give e.g. --tile_stride 6"),
+    (["--path_y", "photos", "--deg", "cs_blockbased+inpainting"], "composite part 'cs_blockbased' has no image-domain"),
+    (["--path_y", "photos", "--deg", "cs_blockbased+inpainting", "--native_size"], "'cs_blockbased' has no image-domain"),
+    (["--path_y", "photos", "--deg", "sr_averagepooling", "--simplified_noise", "ddim"],
+     "--simplified_noise applies to the simplified rule only"),
+    (["--path_y", "TALL", "--deg", "sr_averagepooling+inpainting", "--deg_scale", "2", "--native_size", "--mask",
+      "MASK32x18"], "sees tall at 9x16 (after the parts before it); give a mask of 9x16"),
 ])
 def test_bad_photo_inputs_are_one_line_and_write_nothing(env, capsys, args, message):
-    mask = env.root / "mask.npy"
+    mask, photo_mask = env.root / "mask.npy", env.root / "mask32x18.npy"
     np.save(mask, np.ones((5, 5), dtype=np.uint8))
-    args = [str(env.root / "small.png") if a == "SMALL" else str(mask) if a == "MASK" else a for a in args]
+    np.save(photo_mask, np.ones((32, 18), dtype=np.uint8))
+    named = {"SMALL": env.root / "small.png", "MASK": mask, "MASK32x18": photo_mask,
+             "TALL": env.exp / "datasets" / "photos" / "tall.png"}
+    args = [str(named.get(a, a)) for a in args]
     before = sorted((env.exp / "image_samples").rglob("*")) if (env.exp / "image_samples").exists() else []
     rc, out, err = run(env, capsys, *args, "-i", "refused")
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
@@ -221,7 +256,8 @@ def test_classifier_guidance_is_wired_per_image_label(env, capsys):
     assert run(env, capsys, *base, "-i", "guided0", "--classifier_scale", 0, config=env.guided)[0] == 0
     assert run(env, capsys, *base, "-i", "unguided", config=env.unguided)[0] == 0
     rc, out, err = run(env, capsys, *base, "-i", "guided5", "--classifier_scale", 5, config=env.guided)
-    assert rc == 0, err and "classifier guidance: correct, scale 5" in out
+    assert rc == 0, err
+    assert "classifier guidance: correct, scale 5" in out
     assert run(env, capsys, *base, "-i", "guided5_class", "--classifier_scale", 5, "--class", 3,
                config=env.guided)[0] == 0
 

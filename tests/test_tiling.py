@@ -252,3 +252,34 @@ def test_mask_shift_window_operators_are_exact_crops(deg):
     out = restore_mask_shift(GaussianEps(_constant_mean(), 0.3), operator_builder(deg, op=op), op, y, BETAS,
                              SamplerConfig(steps=4), seeds=[0], window=32)
     torch.testing.assert_close(op.A(out.x0), y, rtol=0, atol=1e-5)
+
+
+def test_equs_flips_the_whole_image_before_it_is_cut_into_windows():
+    """restore(TiledEps(...)) is how the photo runs compose them: EquS wraps the tiled eps, so on a
+    transformed step the network's windows are crops of the flipped image at the usual starts,
+    not flipped crops (which are crops of the flipped image at the mirrored starts)."""
+    H, W, window, stride = 16, 60, 16, 8
+    starts = window_starts(W, window, stride)
+    assert sorted(W - window - s for s in starts) != starts      # the mirrored starts differ
+    seen = []
+
+    def model(x, t):
+        seen.append(x.clone())
+        return 0.1 * x
+
+    op = build_operator("sr_averagepooling", image_size=(H, W), channels=1, deg_scale=2)
+    y = op.A(torch.rand(1, 1, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    x_T = torch.randn(1, 1, H, W, generator=torch.Generator().manual_seed(1))
+    inputs = [x_T]
+    cfg = SamplerConfig(steps=4, eta=0.0, equs="alternate", transform="hflip")
+    restore(TiledEps(model, window, stride, batch_size=100), op, y, BETAS, cfg, seeds=[0], x_T=x_T,
+            callback=lambda i, step, x, x0_hat: inputs.append(x.clone()))
+    assert len(seen) == 4
+    kinds = []
+    for windows, x_t in zip(seen, inputs):
+        crops = {name: torch.stack([img[0, :, :, s:s + window] for s in starts])
+                 for name, img in (("plain", x_t), ("flipped", x_t.flip(-1)))}
+        kind = [name for name, c in crops.items() if torch.allclose(windows, c, atol=1e-6)]
+        assert len(kind) == 1, "the windows are neither crops of x_t nor of the flipped x_t"
+        kinds.append(kind[0])
+    assert set(kinds) == {"plain", "flipped"}

@@ -19,6 +19,7 @@ next part's inverse; `mask_color_sr` is not: the mask, applied after the upsampl
 pooled cells, and the reference lives with that.
 """
 import math
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -84,20 +85,23 @@ def _factor(deg_scale, h: int, w: int, part: str) -> int:
     return int(float(f))
 
 
+def mask_input_hw(spec: str, image_size, deg_scale=None) -> Tuple[int, int]:
+    """(h, w) of the image the inpainting part of `spec` sees: the image's own size, or
+    smaller where an SR part comes before it (sr_averagepooling+inpainting masks y's pixels)."""
+    h, w = image_hw(image_size)
+    for name in parse_spec(spec):
+        if name == "inpainting":
+            return h, w
+        if name.startswith("sr_"):
+            f = _factor(deg_scale, h, w, name)
+            h, w = h // f, w // f
+    raise ValueError(f"{spec!r} has no inpainting part")
+
+
 def _stage_mask(mask, h: int, w: int) -> torch.Tensor:
-    """The (h, w) bool mask of an inpainting part whose input is h x w."""
-    if isinstance(mask, (torch.Tensor, np.ndarray)) and tuple(mask.shape) == (h, w) and h != w:
-        t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).detach().cpu()
-        if t.dtype != torch.bool:
-            if not bool(((t == 0) | (t == 1)).all()):
-                raise ValueError("mask values must be 0 or 1 (1 = kept pixel)")
-            t = t == 1
-        if not bool(t.any()):
-            raise ValueError("mask keeps no pixel (it is all 0); 1 marks a kept pixel")
-        return t
-    if h != w:
-        raise ValueError(f"an inpainting part at {h}x{w} (not square) needs mask as a ({h}, {w}) 0/1 tensor or array")
-    return resolve_mask(mask, h)
+    """The (h, w) bool mask of an inpainting part whose input is h x w (resolve_mask's inputs;
+    a tensor or array of another size is resized, as the operators' masks are)."""
+    return resolve_mask(mask, (h, w))
 
 
 class _Part:
