@@ -98,12 +98,6 @@ def mask_input_hw(spec: str, image_size, deg_scale=None) -> Tuple[int, int]:
     raise ValueError(f"{spec!r} has no inpainting part")
 
 
-def _stage_mask(mask, h: int, w: int) -> torch.Tensor:
-    """The (h, w) bool mask of an inpainting part whose input is h x w (resolve_mask's inputs;
-    a tensor or array of another size is resized, as the operators' masks are)."""
-    return resolve_mask(mask, (h, w))
-
-
 class _Part:
     """One stage: A maps a (B, C, H, W) image to the next stage's image, Ap goes back."""
 
@@ -114,7 +108,7 @@ class _Part:
 class _Mask(_Part):
     def __init__(self, in_shape, mask, device):
         super().__init__("inpainting", in_shape, in_shape)
-        self.mask = _stage_mask(mask, in_shape[1], in_shape[2]).to(device)
+        self.mask = resolve_mask(mask, in_shape[1:]).to(device)   # at the part's input size
 
     def A(self, x):
         return x * self.mask          # bool * float keeps x's dtype
