@@ -55,8 +55,8 @@ def test_ap_is_a_right_inverse(spec, scale, mask, size):
     if mask:     # the mask lies at the inpainting part's input size, which an SR part before it shrinks
         stage = mask_input_hw(spec, size, scale)
         assert tuple(op.parts[[p.name for p in op.parts].index("inpainting")].mask.shape) == stage
-        assert stage == (((size, size) if isinstance(size, int) else size) if spec.startswith("inpainting")
-                         else tuple(s // 2 for s in ((size, size) if isinstance(size, int) else size)))
+        hw = (size, size) if isinstance(size, int) else size
+        assert stage == (hw if spec.startswith("inpainting") else tuple(s // scale for s in hw))
     y = op.A(_x(*((size, size) if isinstance(size, int) else size)))    # y in A's range
     assert (op.A(op.A_pinv(y)) - y).abs().max() <= 1e-5
     # and A(null_space(x)) = 0: the null space is what the projection leaves free
